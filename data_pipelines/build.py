@@ -1,0 +1,815 @@
+"""`prepare`: videos / frame folders / CSV lists -> sharded face-clip TFRecords.
+
+Usage (through `python -m svfap_jax prepare ...`, or `main(argv)`):
+
+  # Original SVFAP lists, one "<path> <label>" per line (0-based labels; the label is the LAST
+  # whitespace-separated field, so paths may contain spaces; relative paths are resolved against
+  # the list's folder). Each --list is "[SPLIT=]PATH": without "SPLIT=" it goes to --split.
+  prepare --list train.csv --split train --out DIR [--num-classes 7 | --label-names a,b,...]
+  prepare --list train=lists/train.csv --list test=lists/test.csv --out DIR
+
+  # Regression targets, "<path> <v1> <v2> ..." per line (valence/arousal, Big-Five, ...): clips
+  # also in a --list of the same split get both a class and values, others get label -1.
+  prepare --regression train=va_train.csv --value-names valence,arousal --out DIR
+
+  # Official dataset layouts (see data_pipelines/recipes.py).
+  prepare --recipe dfew --src RAW_DIR --fold 1 --out DIR
+
+  # Any tree of videos / frame folders; the label is the parent folder's name when it is one of
+  # --label-names (case-insensitive), else -1.
+  prepare --src-dir DIR [--split train] [--label-names ...] --out DIR
+
+Common options: --short-side 176 (frames are stored with this shorter side; 1.1x the 160 crop),
+--jpeg-quality 90, --face-crop (Haar face detection + smoothed square crop; frames are then
+short-side x short-side), --max-frames N (keep the first N), --fps F (drop frames down to F),
+--folder-fps 25 (rate assumed for frame folders), --num-shards N per split or --clips-per-shard M
+(default 256), --workers N (processes), --strict, --quiet.
+
+Behaviour:
+  * Clips go to shards round-robin in input order, so the output depends only on the inputs and
+    options, never on --workers: any worker count writes byte-identical shards.
+  * Every unusable input (missing or empty file, truncated video, missing frame folder, unreadable
+    image, list line without a label, label out of range, ...) is skipped and listed with its
+    reason in OUT/prepare_report.json and the printed summary. --strict stops at the first one
+    instead, exits non-zero and names the path and the reason.
+  * Re-running resumes: a shard whose index matches (same clips, same options) and whose framing
+    checks out is kept untouched; others are rewritten under a temporary name and renamed into
+    place. Shards of an older shard count for the same split are removed.
+  * OUT/dataset_info.json is rebuilt from all shard indices in OUT at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from data_pipelines import face_crop as faces
+from data_pipelines import records
+from data_pipelines import recipes
+from data_pipelines import video_io
+
+REPORT_FILE = "prepare_report.json"
+
+
+# ------------------------------------------------------------------------------------------------
+# Options and tasks.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+  """How every clip is turned into a record."""
+  short_side: int = 176
+  jpeg_quality: int = 90
+  face_crop: bool = False
+  face: faces.FaceCropSpec = faces.FaceCropSpec()
+  max_frames: Optional[int] = None
+  fps: Optional[float] = None
+  folder_fps: float = video_io.DEFAULT_FOLDER_FPS
+  min_frames: int = 1
+  # Face crops are taken from frames kept up to this many times the output size, so a face that
+  # fills a quarter of the frame is still cropped without upscaling.
+  face_source_factor: int = 4
+
+  def validate(self) -> "PrepareOptions":
+    errors = []
+    if self.short_side < 8:
+      errors.append(f"--short-side={self.short_side} must be >= 8")
+    if not 1 <= self.jpeg_quality <= 100:
+      errors.append(f"--jpeg-quality={self.jpeg_quality} must be in 1..100")
+    if self.max_frames is not None and self.max_frames < 1:
+      errors.append(f"--max-frames={self.max_frames} must be >= 1")
+    if self.fps is not None and self.fps <= 0:
+      errors.append(f"--fps={self.fps} must be > 0")
+    if self.folder_fps <= 0:
+      errors.append(f"--folder-fps={self.folder_fps} must be > 0")
+    if errors:
+      raise ValueError("invalid prepare options: " + "; ".join(errors))
+    return self
+
+  def spec(self) -> dict:
+    """The preprocessing spec recorded in indices and dataset_info.json."""
+    out = {
+        "short_side": self.short_side,
+        "jpeg_quality": self.jpeg_quality,
+        "max_frames": self.max_frames,
+        "target_fps": self.fps,
+        "folder_fps": self.folder_fps,
+        "min_frames": self.min_frames,
+        "face_crop": self.face_crop,
+        "decoder": "pyav (opencv fallback); frame folders: opencv",
+        "resize": "shorter side to short_side, INTER_AREA down / INTER_LINEAR up",
+    }
+    if self.face_crop:
+      out.update(self.face.describe())
+      out["face_source_factor"] = self.face_source_factor
+    else:
+      out.update({"face_detector": None, "crop_policy": "none (whole frame, aspect kept)"})
+    return out
+
+
+@dataclasses.dataclass
+class ClipTask:
+  split: str
+  path: str
+  label: int = -1
+  values: tuple = ()
+  clip_id: str = ""
+  origin: str = ""
+
+  def key(self) -> list:
+    return [self.path, self.label, list(self.values), self.clip_id]
+
+
+@dataclasses.dataclass
+class Inputs:
+  """Everything to build: tasks per split plus the problems found while reading the inputs."""
+  tasks: list[ClipTask] = dataclasses.field(default_factory=list)
+  skipped: list[dict] = dataclasses.field(default_factory=list)
+  label_names: Optional[tuple[str, ...]] = None
+  value_names: Optional[tuple[str, ...]] = None
+  name: str = "custom"
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+class StrictStop(Exception):
+  """--strict met a bad input."""
+
+  def __init__(self, source: str, reason: str):
+    self.source, self.reason = source, reason
+    super().__init__(f"{source}: {reason}")
+
+
+def _skip(inputs_or_list, source: str, reason: str, strict: bool) -> None:
+  if strict:
+    raise StrictStop(source, reason)
+  target = inputs_or_list.skipped if isinstance(inputs_or_list, Inputs) else inputs_or_list
+  target.append({"source": source, "reason": reason})
+
+
+# ------------------------------------------------------------------------------------------------
+# Input lists.
+# ------------------------------------------------------------------------------------------------
+
+_SPLIT_PREFIX = re.compile(r"^([A-Za-z0-9_.\-]+)=(.+)$")
+
+
+def split_arg(arg: str, default_split: str) -> tuple[str, str]:
+  """'[SPLIT=]PATH' -> (split, path); a path that exists as given is never split at '='."""
+  m = _SPLIT_PREFIX.match(arg)
+  if m and not os.path.exists(arg):
+    return m[1], m[2]
+  return default_split, arg
+
+
+def _resolve(path: str, base_dir: str) -> str:
+  path = os.path.expanduser(path)
+  return os.path.normpath(path if os.path.isabs(path) else os.path.join(base_dir, path))
+
+
+def _read_lines(path: str) -> Iterator[tuple[int, str]]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"list file {path} does not exist")
+  with open(path, encoding="utf-8-sig") as f:
+    for line_no, line in enumerate(f, 1):
+      line = line.strip()
+      if line and not line.startswith("#"):
+        yield line_no, line
+
+
+def read_label_list(path: str, split: str, num_classes: Optional[int], strict: bool,
+                    skipped: list) -> list[ClipTask]:
+  """Parses an original-format list: '<path> <label>' per line (label = last field)."""
+  base = os.path.dirname(os.path.abspath(path))
+  tasks = []
+  for line_no, line in _read_lines(path):
+    origin = f"{path}:{line_no}"
+    parts = line.rsplit(None, 1)
+    if len(parts) < 2:
+      _skip(skipped, origin, f"line {line!r} has no label (expected '<path> <label>')", strict)
+      continue
+    clip, label_txt = parts
+    try:
+      label = int(label_txt)
+    except ValueError:
+      _skip(skipped, origin, f"label {label_txt!r} is not an integer (expected '<path> <label>')",
+            strict)
+      continue
+    if label < -1 or (num_classes is not None and label >= num_classes):
+      bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+      _skip(skipped, origin, f"label {label} out of range ({bound}, or -1 for none)", strict)
+      continue
+    tasks.append(ClipTask(split, _resolve(clip, base), label, (), "", origin))
+  return tasks
+
+
+def read_regression_list(path: str, split: str, num_values: Optional[int], strict: bool,
+                         skipped: list) -> list[ClipTask]:
+  """Parses '<path> <v1> <v2> ...' lines.
+
+  The number of values is `num_values` when given, else the count of trailing numeric fields on
+  the first valid line; every line must then have that many.
+  """
+  base = os.path.dirname(os.path.abspath(path))
+  tasks = []
+  for line_no, line in _read_lines(path):
+    origin = f"{path}:{line_no}"
+    fields = line.split()
+    if num_values is None:
+      trailing = 0
+      for tok in reversed(fields[1:]):
+        try:
+          float(tok)
+        except ValueError:
+          break
+        trailing += 1
+      if trailing == 0:
+        _skip(skipped, origin, "no numeric values (expected '<path> <v1> <v2> ...')", strict)
+        continue
+      num_values = trailing
+    if len(fields) < num_values + 1:
+      _skip(skipped, origin, f"expected '<path>' and {num_values} values, got {line!r}", strict)
+      continue
+    prefix, tail = line.rsplit(None, num_values)[0], line.split()[-num_values:]
+    try:
+      values = tuple(float(v) for v in tail)
+    except ValueError:
+      _skip(skipped, origin, f"non-numeric value among {tail}", strict)
+      continue
+    if not all(np.isfinite(values)):
+      _skip(skipped, origin, f"non-finite value among {tail}", strict)
+      continue
+    tasks.append(ClipTask(split, _resolve(prefix, base), -1, values, "", origin))
+  return tasks
+
+
+def scan_src_dir(root: str, split: str, label_names: Optional[Sequence[str]]) -> list[ClipTask]:
+  """Videos and frame folders below `root`; label from the parent folder name."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"--src-dir {root} is not a directory")
+  lookup = {n.lower(): i for i, n in enumerate(label_names or ())}
+  tasks = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort(key=video_io.natural_key)
+    images = [f for f in filenames if video_io.is_image_file(f)]
+    if images and not dirnames and dirpath != root:
+      parent = os.path.basename(os.path.dirname(dirpath)).lower()
+      tasks.append(ClipTask(split, dirpath, lookup.get(parent, -1), (), "", dirpath))
+      continue
+    parent = os.path.basename(dirpath).lower()
+    for f in sorted(filenames, key=video_io.natural_key):
+      if video_io.is_video_file(f):
+        path = os.path.join(dirpath, f)
+        tasks.append(ClipTask(split, path, lookup.get(parent, -1), (), "", path))
+  return sorted(tasks, key=lambda t: video_io.natural_key(t.path))
+
+
+def _strip_ext(path: str) -> str:
+  stem, ext = os.path.splitext(path)
+  return stem if ext.lower() in video_io.VIDEO_EXTENSIONS else path
+
+
+def assign_ids(tasks: list[ClipTask]) -> None:
+  """Ids = paths relative to the common folder of each split's clips, without video extension."""
+  by_split: dict[str, list[ClipTask]] = {}
+  for t in tasks:
+    by_split.setdefault(t.split, []).append(t)
+  for group in by_split.values():
+    if len(group) == 1:
+      root = os.path.dirname(group[0].path)
+    else:
+      root = os.path.commonpath([t.path for t in group])
+      if any(t.path == root for t in group):
+        root = os.path.dirname(root)
+    seen: dict[str, int] = {}
+    for t in group:
+      if t.clip_id:
+        continue
+      base = _strip_ext(os.path.relpath(t.path, root)).replace(os.sep, "/")
+      n = seen.get(base, 0)
+      seen[base] = n + 1
+      t.clip_id = base if n == 0 else f"{base}~{n + 1}"
+
+
+def merge_tasks(tasks: list[ClipTask], strict: bool, skipped: list) -> list[ClipTask]:
+  """Joins entries of one split that name the same clip (a class list + a regression list)."""
+  merged: dict[tuple[str, str], ClipTask] = {}
+  order = []
+  for t in tasks:
+    key = (t.split, t.path)
+    if key not in merged:
+      merged[key] = dataclasses.replace(t)
+      order.append(key)
+      continue
+    m = merged[key]
+    if (t.label >= 0 and m.label >= 0) or (t.values and m.values):
+      _skip(skipped, t.origin, f"duplicate of {m.origin} (same clip in split {t.split!r})", strict)
+      continue
+    if t.label >= 0:
+      m.label = t.label
+    if t.values:
+      m.values = t.values
+  return [merged[k] for k in order]
+
+
+def collect_inputs(args: argparse.Namespace) -> Inputs:
+  """Reads every input named on the command line into an `Inputs`."""
+  inputs = Inputs()
+  label_names = tuple(n.strip() for n in args.label_names.split(",")) if args.label_names else None
+  num_classes = len(label_names) if label_names else args.num_classes
+  if args.value_names:
+    inputs.value_names = tuple(n.strip() for n in args.value_names.split(","))
+  raw: list[ClipTask] = []
+  if args.recipe:
+    if not args.src:
+      raise ValueError("--recipe needs --src RAW_DATASET_DIR")
+    result = recipes.run_recipe(args.recipe, args.src, args.fold)
+    for s in result.skipped:
+      _skip(inputs, s["source"], s["reason"], args.strict)
+    raw += [ClipTask(e.split, os.path.normpath(e.path), e.label, tuple(e.values), "", e.origin)
+            for e in result.entries]
+    label_names = result.label_names
+    num_classes = len(label_names) if label_names else None
+    inputs.name = f"{result.name}" + (f"_fold{args.fold}" if recipes.NUM_FOLDS.get(
+        result.name, 1) > 1 else "")
+  for arg in args.list or ():
+    split, path = split_arg(arg, args.split)
+    tasks = read_label_list(path, split, num_classes, args.strict, inputs.skipped)
+    if not tasks:
+      inputs.warnings.append(f"list {path} (split {split!r}) gave no clips")
+    raw += tasks
+  num_values = len(inputs.value_names) if inputs.value_names else None
+  for arg in args.regression or ():
+    split, path = split_arg(arg, args.split)
+    tasks = read_regression_list(path, split, num_values, args.strict, inputs.skipped)
+    if not tasks:
+      inputs.warnings.append(f"regression list {path} (split {split!r}) gave no clips")
+    if tasks and num_values is None:
+      num_values = len(tasks[0].values)
+    raw += tasks
+  if args.src_dir:
+    tasks = scan_src_dir(args.src_dir, args.split, label_names)
+    if not tasks:
+      inputs.warnings.append(f"--src-dir {args.src_dir} holds no videos or frame folders")
+    raw += tasks
+  if label_names is None and num_classes is not None:
+    label_names = tuple(str(i) for i in range(num_classes))
+  if label_names is None:
+    top = max((t.label for t in raw), default=-1)
+    label_names = tuple(str(i) for i in range(top + 1)) if top >= 0 else None
+  inputs.label_names = label_names
+  if num_values and not inputs.value_names:
+    inputs.value_names = tuple(f"value{i}" for i in range(num_values))
+  inputs.tasks = merge_tasks(raw, args.strict, inputs.skipped)
+  assign_ids(inputs.tasks)
+  if args.name:
+    inputs.name = args.name
+  return inputs
+
+
+# ------------------------------------------------------------------------------------------------
+# One clip -> one record (runs in worker processes).
+# ------------------------------------------------------------------------------------------------
+
+
+def encode_jpeg(frame_rgb: np.ndarray, quality: int) -> bytes:
+  ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR),
+                         [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+  if not ok:
+    raise ValueError("JPEG encoding failed")
+  return buf.tobytes()
+
+
+def process_clip(task: ClipTask, options: PrepareOptions) -> tuple[str, Any, dict]:
+  """Reads, crops/resizes and encodes one clip.
+
+  Returns:
+    ("ok", serialized Example, metadata) or ("skip", reason, {}).
+  """
+  cap = options.short_side * (options.face_source_factor if options.face_crop else 1)
+  try:
+    frames, fps, source_fps = video_io.read_with(
+        video_io.read_clip, task.path, max_frames=options.max_frames, target_fps=options.fps,
+        folder_fps=options.folder_fps, max_short_side=cap)
+    if len(frames) < options.min_frames:
+      return "skip", f"only {len(frames)} frames (--min-frames {options.min_frames})", {}
+    meta: dict[str, Any] = {}
+    if options.face_crop:
+      frames, info = faces.crop_faces(frames, options.short_side, options.face)
+      meta.update(info)
+    else:
+      frames = [video_io.resize_short_side(f, options.short_side) for f in frames]
+    jpegs = [encode_jpeg(f, options.jpeg_quality) for f in frames]
+  except video_io.InputError as e:
+    where = "" if os.path.normpath(e.path) == os.path.normpath(task.path) else f"{e.path}: "
+    return "skip", where + e.reason, {}
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever an odd file makes a library raise, the build goes on and the report names it.
+    return "skip", f"unexpected {type(e).__name__}: {e}", {}
+  h, w = frames[0].shape[:2]
+  record = records.encode_clip(clip_id=task.clip_id, frames=jpegs, height=h, width=w, fps=fps,
+                               label=task.label, values=task.values, source=task.path)
+  meta.update({"num_frames": len(jpegs), "height": h, "width": w, "fps": fps,
+               "source_fps": source_fps})
+  return "ok", record, meta
+
+
+def _process_in_worker(job):
+  task, options = job
+  return process_clip(task, options)
+
+
+def _init_worker():
+  # Several processes already use the cores; OpenCV's own threads would only contend.
+  cv2.setNumThreads(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shards.
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShardPlan:
+  split: str
+  index: int
+  count: int
+  tasks: list[ClipTask]
+  fingerprint: str = ""
+
+  @property
+  def name(self) -> str:
+    return records.shard_name(self.split, self.index, self.count)
+
+
+def plan_shards(tasks: Sequence[ClipTask], options: PrepareOptions, num_shards: Optional[int],
+                clips_per_shard: int) -> list[ShardPlan]:
+  by_split: dict[str, list[ClipTask]] = {}
+  for t in tasks:
+    by_split.setdefault(t.split, []).append(t)
+  plans = []
+  spec = options.spec()
+  for split, group in by_split.items():
+    count = num_shards or max(1, -(-len(group) // clips_per_shard))
+    for k in range(count):
+      plan = ShardPlan(split, k, count, group[k::count])
+      blob = json.dumps({"spec": spec, "name": plan.name, "version": records.BUILDER_VERSION,
+                         "tasks": [t.key() for t in plan.tasks]}, sort_keys=True)
+      plan.fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+      plans.append(plan)
+  return plans
+
+
+def shard_is_complete(path: str, fingerprint: str) -> Optional[dict]:
+  """The shard's index if the shard on disk is the finished result of this exact plan."""
+  try:
+    index = records.read_index(path)
+  except (OSError, ValueError):
+    return None
+  if index.get("fingerprint") != fingerprint or not os.path.exists(path):
+    return None
+  if os.path.getsize(path) != index.get("file_size"):
+    return None
+  try:
+    offsets, lengths = records.scan_framing(path)
+    if offsets != index["offsets"] or lengths != index["lengths"]:
+      return None
+    if offsets:  # the tail is the part an interrupted write would have lost
+      with open(path, "rb") as f:
+        f.seek(offsets[-1])
+        records.unframe(path, len(offsets) - 1, offsets[-1], f.read(), lengths[-1])
+  except records.CorruptRecordError:
+    return None
+  return index
+
+
+def remove_stale(out_dir: str, plans: Sequence[ShardPlan], say: Callable[[str], None]) -> None:
+  """Deletes temporaries and shards of a different shard count for the splits being written."""
+  counts = {p.split: p.count for p in plans}
+  for name in sorted(os.listdir(out_dir)):
+    path = os.path.join(out_dir, name)
+    if ".tmp-" in name and ".tfrecord-" in name:
+      os.remove(path)
+      continue
+    base = name[:-len(records.INDEX_SUFFIX)] if name.endswith(records.INDEX_SUFFIX) else name
+    parsed = records.parse_shard_name(base)
+    if parsed and parsed[0] in counts and parsed[2] != counts[parsed[0]]:
+      say(f"removing stale {name} (split {parsed[0]!r} now has {counts[parsed[0]]} shards)")
+      os.remove(path)
+
+
+class _ShardWriter:
+  """Writes one shard under a temporary name, then index + rename."""
+
+  def __init__(self, out_dir: str, plan: ShardPlan, options: PrepareOptions):
+    self.plan = plan
+    self.final = os.path.join(out_dir, plan.name)
+    self.tmp = f"{self.final}.tmp-{os.getpid()}"
+    self.writer = records.TFRecordWriter(self.tmp)
+    self.meta: list[dict] = []
+    self.skipped: list[dict] = []
+    self.spec = options.spec()
+
+  def add(self, task: ClipTask, record: bytes, meta: dict) -> None:
+    self.writer.write(record)
+    self.meta.append({**meta, "id": task.clip_id, "label": task.label, "source": task.path})
+
+  def finish(self) -> dict:
+    self.writer.close()
+    m = self.meta
+    index = {
+        "format": records.INDEX_FORMAT,
+        "shard": self.plan.name,
+        "split": self.plan.split,
+        "fingerprint": self.plan.fingerprint,
+        "builder_version": records.BUILDER_VERSION,
+        "preprocessing": self.spec,
+        "num_records": len(m),
+        "file_size": self.writer.size,
+        "offsets": self.writer.offsets,
+        "lengths": self.writer.lengths,
+        "ids": [x["id"] for x in m],
+        "labels": [x["label"] for x in m],
+        "num_frames": [x["num_frames"] for x in m],
+        "heights": [x["height"] for x in m],
+        "widths": [x["width"] for x in m],
+        "fps": [round(x["fps"], 4) for x in m],
+        "source_fps": [round(x["source_fps"], 4) for x in m],
+        "face_detected_fraction": [round(x["detected_fraction"], 4) for x in m
+                                   if "detected_fraction" in x],
+        "sources": [x["source"] for x in m],
+        "skipped": self.skipped,
+    }
+    index_path = self.final + records.INDEX_SUFFIX
+    if os.path.exists(index_path):
+      os.remove(index_path)  # the old index must never describe the new shard
+    os.replace(self.tmp, self.final)
+    records.write_json_atomic(index_path, index)
+    return index
+
+  def abort(self) -> None:
+    self.writer.close()
+    if os.path.exists(self.tmp):
+      os.remove(self.tmp)
+
+
+def _run_jobs(jobs: list, workers: int) -> Iterator:
+  """process_clip over jobs, in order, in `workers` processes (or inline for 1)."""
+  if workers <= 1 or len(jobs) <= 1:
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # the same code path as the workers, for identical bytes
+    try:
+      for job in jobs:
+        yield _process_in_worker(job)
+    finally:
+      cv2.setNumThreads(previous)
+    return
+  # spawn: the caller may have started JAX/TensorFlow threads, which do not survive fork().
+  ctx = multiprocessing.get_context("spawn")
+  pool = ctx.Pool(min(workers, len(jobs)), initializer=_init_worker)
+  try:
+    yield from pool.imap(_process_in_worker, jobs, chunksize=1)
+    pool.close()
+  finally:
+    pool.terminate()
+    pool.join()
+
+
+def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) -> dict:
+  """Rebuilds dataset_info.json from every complete split in `out_dir`."""
+  previous = {}
+  if os.path.exists(os.path.join(out_dir, records.INFO_FILE)):
+    try:
+      previous = records.load_info(out_dir)
+    except (OSError, ValueError):
+      previous = {}
+  splits = {}
+  for split in records.list_splits(out_dir):
+    try:
+      shards = records.find_shards(out_dir, split)
+      indices = [records.read_index(s) for s in shards]
+    except (OSError, ValueError):
+      continue
+    block = records.summarize_split(indices, inputs.label_names)
+    block["preprocessing"] = indices[0].get("preprocessing") if indices else None
+    splits[split] = block
+  info = {
+      "format": records.FORMAT_NAME,
+      "name": inputs.name,
+      "builder_version": records.BUILDER_VERSION,
+      "label_names": list(inputs.label_names) if inputs.label_names else
+                     previous.get("label_names"),
+      "num_classes": len(inputs.label_names) if inputs.label_names else
+                     previous.get("num_classes", 0),
+      "value_names": list(inputs.value_names) if inputs.value_names else
+                     previous.get("value_names", []),
+      "preprocessing": options.spec(),
+      "splits": splits,
+      "features": records.FEATURES,
+  }
+  records.write_json_atomic(os.path.join(out_dir, records.INFO_FILE), info)
+  return info
+
+
+def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
+            num_shards: Optional[int] = None, clips_per_shard: int = 256, workers: int = 1,
+            strict: bool = False, say: Callable[[str], None] = print) -> dict:
+  """Builds (or completes) the shards for `inputs` in `out_dir`; returns the report dict.
+
+  Raises:
+    StrictStop: with `strict`, at the first input that cannot be used.
+  """
+  options.validate()
+  if clips_per_shard < 1 or (num_shards is not None and num_shards < 1):
+    raise ValueError("--num-shards and --clips-per-shard must be >= 1")
+  start = time.time()
+  os.makedirs(out_dir, exist_ok=True)
+  plans = plan_shards(inputs.tasks, options, num_shards, clips_per_shard)
+  remove_stale(out_dir, plans, say)
+  done: dict[str, dict] = {}
+  todo: list[ShardPlan] = []
+  for plan in plans:
+    index = shard_is_complete(os.path.join(out_dir, plan.name), plan.fingerprint)
+    if index is not None:
+      done[plan.name] = index
+    else:
+      todo.append(plan)
+  if done:
+    say(f"resuming: keeping {len(done)} finished shard(s), writing {len(todo)}")
+  jobs = [(task, options) for plan in todo for task in plan.tasks]
+  total = len(jobs)
+  written_now = 0
+  last_note = time.time()
+  results = _run_jobs(jobs, workers)
+  writer = None
+  try:
+    for plan in todo:
+      writer = _ShardWriter(out_dir, plan, options)
+      for task in plan.tasks:
+        status, payload, meta = next(results)
+        if status == "ok":
+          writer.add(task, payload, meta)
+          written_now += 1
+        else:
+          if strict:
+            raise StrictStop(task.path, payload)
+          writer.skipped.append({"source": task.path, "reason": payload})
+        if time.time() - last_note > 10:
+          last_note = time.time()
+          rate = written_now / max(last_note - start, 1e-9)
+          say(f"  {written_now}/{total} clips ({rate:.2f} clips/s)")
+      done[plan.name] = writer.finish()
+      writer = None
+  finally:
+    if writer is not None:
+      writer.abort()
+    results.close()
+  elapsed = time.time() - start
+  skipped = list(inputs.skipped)
+  splits: dict[str, int] = {}
+  face_fracs = []
+  for plan in plans:
+    index = done[plan.name]
+    skipped += index.get("skipped", [])
+    splits[plan.split] = splits.get(plan.split, 0) + index["num_records"]
+    face_fracs += index.get("face_detected_fraction", [])
+  write_dataset_info(out_dir, inputs, options)
+  report = {
+      "written": sum(splits.values()),
+      "skipped": skipped,
+      "splits": splits,
+      "newly_encoded": written_now,
+      "shards": {"kept": sorted(set(done) - {p.name for p in todo}),
+                 "written": [p.name for p in todo]},
+      "seconds": round(elapsed, 3),
+      "clips_per_second": round(written_now / elapsed, 3) if elapsed > 0 else None,
+  }
+  if options.face_crop:
+    report["face_crop"] = {
+        "mean_detected_fraction": round(float(np.mean(face_fracs)), 4) if face_fracs else None,
+        "clips_without_face": int(sum(1 for f in face_fracs if f == 0.0)),
+    }
+  records.write_json_atomic(os.path.join(out_dir, REPORT_FILE), report)
+  return report
+
+
+def summary_text(report: dict, out_dir: str) -> str:
+  lines = [f"prepare: {report['written']} clips in {out_dir} ("
+           + ", ".join(f"{k}: {v}" for k, v in sorted(report["splits"].items())) + ")",
+           f"  encoded now: {report['newly_encoded']} in {report['seconds']:.1f}s; shards kept: "
+           f"{len(report['shards']['kept'])}, written: {len(report['shards']['written'])}"]
+  if report["skipped"]:
+    lines.append(f"  skipped {len(report['skipped'])} input(s):")
+    for s in report["skipped"][:20]:
+      lines.append(f"    {s['source']}: {s['reason']}")
+    if len(report["skipped"]) > 20:
+      lines.append(f"    ... {len(report['skipped']) - 20} more in {REPORT_FILE}")
+  else:
+    lines.append("  skipped: none")
+  if "face_crop" in report:
+    fc = report["face_crop"]
+    lines.append(f"  face crop: mean detected fraction {fc['mean_detected_fraction']}, "
+                 f"{fc['clips_without_face']} clip(s) without a face (centre crop)")
+  lines.append(f"  report: {os.path.join(out_dir, REPORT_FILE)}")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line.
+# ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="svfap_jax prepare", description="Build sharded face-clip TFRecords.",
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Usage", 1)[1]
+      if "Usage" in __doc__ else None)
+  p.add_argument("--out", required=True, help="output dataset directory")
+  src = p.add_argument_group("inputs (any combination)")
+  src.add_argument("--list", action="append", metavar="[SPLIT=]PATH",
+                   help="'<path> <label>' list; repeatable")
+  src.add_argument("--regression", action="append", metavar="[SPLIT=]PATH",
+                   help="'<path> <v1> <v2> ...' list; repeatable")
+  src.add_argument("--src-dir", help="tree of videos / frame folders")
+  src.add_argument("--recipe", help=f"official layout: {', '.join(sorted(recipes.RECIPES))}")
+  src.add_argument("--src", help="raw dataset root for --recipe")
+  src.add_argument("--fold", type=int, default=1, help="recipe fold (1-based)")
+  src.add_argument("--split", default="train", help="split for inputs without 'SPLIT='")
+  labels = p.add_mutually_exclusive_group()
+  labels.add_argument("--label-names", help="comma-separated class names (label i = name i)")
+  labels.add_argument("--num-classes", type=int, help="number of classes (names '0'..'K-1')")
+  p.add_argument("--value-names", help="comma-separated names of the regression values")
+  p.add_argument("--name", help="dataset name recorded in dataset_info.json")
+  proc = p.add_argument_group("processing")
+  proc.add_argument("--short-side", type=int, default=176)
+  proc.add_argument("--jpeg-quality", type=int, default=90)
+  proc.add_argument("--face-crop", action="store_true")
+  proc.add_argument("--face-margin", type=float, default=faces.FaceCropSpec.margin)
+  proc.add_argument("--face-detect-every", type=int, default=1)
+  proc.add_argument("--max-frames", type=int)
+  proc.add_argument("--fps", type=float, help="resample (drop frames) down to this rate")
+  proc.add_argument("--folder-fps", type=float, default=video_io.DEFAULT_FOLDER_FPS)
+  proc.add_argument("--min-frames", type=int, default=1)
+  out = p.add_argument_group("output")
+  shards = out.add_mutually_exclusive_group()
+  shards.add_argument("--num-shards", type=int, help="shards per split")
+  shards.add_argument("--clips-per-shard", type=int, default=256)
+  out.add_argument("--workers", type=int, default=1)
+  out.add_argument("--strict", action="store_true", help="stop at the first bad input")
+  out.add_argument("--quiet", action="store_true")
+  return p
+
+
+def options_from_args(args: argparse.Namespace) -> PrepareOptions:
+  return PrepareOptions(
+      short_side=args.short_side, jpeg_quality=args.jpeg_quality, face_crop=args.face_crop,
+      face=faces.FaceCropSpec(margin=args.face_margin,
+                                  detect_every=max(1, args.face_detect_every)),
+      max_frames=args.max_frames, fps=args.fps, folder_fps=args.folder_fps,
+      min_frames=args.min_frames)
+
+
+def main(argv: Sequence[str]) -> int:
+  """`prepare` entry point; returns the process exit code."""
+  parser = build_parser()
+  args = parser.parse_args(list(argv))
+  if not (args.list or args.regression or args.src_dir or args.recipe):
+    parser.error("give at least one input: --list, --regression, --src-dir or --recipe")
+  say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+  try:
+    options = options_from_args(args).validate()
+    inputs = collect_inputs(args)
+    for w in inputs.warnings:
+      print(f"prepare: warning: {w}", file=sys.stderr)
+    if not inputs.tasks:
+      print(f"prepare: no usable clips in the given inputs ({len(inputs.skipped)} skipped)",
+            file=sys.stderr)
+      for s in inputs.skipped[:20]:
+        print(f"  {s['source']}: {s['reason']}", file=sys.stderr)
+      return 1
+    report = prepare(args.out, inputs, options, num_shards=args.num_shards,
+                     clips_per_shard=args.clips_per_shard, workers=args.workers,
+                     strict=args.strict, say=say)
+  except StrictStop as e:
+    print(f"prepare --strict: stopped at the first bad input: {e.source}: {e.reason}",
+          file=sys.stderr)
+    return 2
+  except (ValueError, FileNotFoundError, recipes.RecipeError) as e:
+    print(f"prepare: {e}", file=sys.stderr)
+    return 1
+  say(summary_text(report, args.out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

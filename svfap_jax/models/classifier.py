@@ -1,0 +1,92 @@
+"""Fine-tuning model: encoder -> token mean -> fc_norm -> head (-> optional activation)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from svfap_jax.models import layers
+from svfap_jax.models.registry import ModelSpec
+from svfap_jax.models.tpsbt import TPSBTEncoder
+from svfap_jax.models.vit import ViTEncoder
+
+HEAD_ACTIVATIONS = {
+    None: lambda x: x,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+}
+
+
+def encoder_class(spec: ModelSpec):
+  return {"tpsbt": TPSBTEncoder, "vit": ViTEncoder}[spec.arch]
+
+
+def linear_upsample_matrix(in_len: int, out_len: int) -> np.ndarray:
+  """(out_len, in_len) weights of 1-D linear interpolation with half-pixel centres.
+
+  Same sampling as PyTorch's `interpolate(mode='linear', align_corners=False)`.
+  """
+  scale = in_len / out_len
+  src = np.maximum((np.arange(out_len) + 0.5) * scale - 0.5, 0.0)
+  lo = np.floor(src).astype(np.int64)
+  hi = np.minimum(lo + 1, in_len - 1)
+  frac = src - lo
+  weights = np.zeros((out_len, in_len), np.float32)
+  np.add.at(weights, (np.arange(out_len), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(out_len), hi), frac)
+  return weights
+
+
+def _scaled(init, scale: float):
+  def scaled_init(key, shape, dtype=jnp.float32):
+    return init(key, shape, dtype) * scale
+  return scaled_init
+
+
+class VideoClassifier(nn.Module):
+  """Classifier / regressor on a video encoder.
+
+  Returns logits (B, num_classes), or per-frame outputs (B, num_frames, num_classes) with
+  `keep_temporal_dim` (the last stage's frames are spatially averaged and linearly upsampled in time
+  to the input frame count). With num_classes == 0 (or `return_features`) returns the pooled,
+  normalised embedding.
+  """
+  spec: ModelSpec
+  num_classes: int
+  init_scale: float = 1.0
+  head_activation: Optional[str] = None
+  keep_temporal_dim: bool = False
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+  remat: str = "none"
+
+  @nn.compact
+  def __call__(self, video, *, deterministic: bool = True, return_features: bool = False):
+    if self.head_activation not in HEAD_ACTIVATIONS:
+      raise ValueError(f"head_activation={self.head_activation!r}; choose one of "
+                       f"{[k for k in HEAD_ACTIVATIONS if k]} or None")
+    spec = self.spec
+    tokens, t = encoder_class(spec)(
+        spec, drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
+        drop_path_rate=self.drop_path_rate, dtype=self.dtype, remat=self.remat,
+        name="encoder")(video, deterministic=deterministic)
+    tokens = tokens.astype(jnp.float32)
+    if self.keep_temporal_dim:
+      b, n, c = tokens.shape
+      per_frame = tokens.reshape(b, t, n // t, c).mean(axis=2)
+      upsample = jnp.asarray(linear_upsample_matrix(t, spec.num_frames))
+      pooled = jnp.einsum("ft,btc->bfc", upsample, per_frame)
+    else:
+      pooled = tokens.mean(axis=1)
+    features = layers.layer_norm(spec.layer_norm_eps, name="fc_norm")(pooled)
+    if return_features or self.num_classes == 0:
+      return features
+    logits = layers.dense(self.num_classes, (layers.EMBED, layers.CLASSES), name="head",
+                          kernel_init=_scaled(layers.TRUNC_NORMAL_02, self.init_scale))(features)
+    return HEAD_ACTIVATIONS[self.head_activation](logits)

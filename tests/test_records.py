@@ -1,0 +1,208 @@
+"""Record format: CRC, Example codec, TFRecord framing, TensorFlow compatibility, readers."""
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_pipelines import records
+from data_pipelines import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("syn")
+  return synthetic.make_synthetic_dataset(str(root), num_clips_per_class=2, num_frames=16,
+                                          size=64, seed=3, num_shards=2)
+
+
+def _copy(dataset, tmp_path):
+  dst = tmp_path / "copy"
+  shutil.copytree(dataset, dst)
+  return str(dst)
+
+
+def test_crc32c_known_values_and_fast_path():
+  assert records.crc32c(b"") == 0
+  assert records.crc32c(b"123456789") == 0xE3069283
+  assert records.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 test vector
+  rng = np.random.default_rng(0)
+  for n in (1023, 1024, 1025, 4099, 70001, 300000):
+    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    slow = records._crc_update_small(0xFFFFFFFF, data) ^ 0xFFFFFFFF
+    assert records.crc32c(data) == slow, n
+
+
+def test_example_codec_round_trip():
+  data = records.encode_clip(clip_id="a/b c", frames=[b"\xff\xd8one", b"two"], height=3, width=4,
+                             fps=29.97, label=-1, values=[0.5, -0.25], source="x/a b.mp4")
+  clip = records.decode_clip(data)
+  assert clip["id"] == "a/b c" and clip["frames"] == [b"\xff\xd8one", b"two"]
+  assert (clip["num_frames"], clip["height"], clip["width"], clip["label"]) == (2, 3, 4, -1)
+  assert clip["fps"] == pytest.approx(29.97, rel=1e-6)
+  np.testing.assert_array_equal(clip["values"], np.float32([0.5, -0.25]))
+  empty = records.decode_clip(records.encode_clip(clip_id="z", frames=[b"f"], height=1, width=1,
+                                                  fps=25.0, label=3))
+  assert empty["values"].shape == (0,) and empty["label"] == 3
+  with pytest.raises(ValueError):
+    records.decode_clip(data[:-5])
+
+
+def test_records_parse_with_tensorflow(dataset):
+  tf = pytest.importorskip("tensorflow")
+  shard = records.find_shards(dataset, "train")[0]
+  raw = [d for _, _, d in records.iter_shard(shard)]
+  # Our bytes are exactly what TensorFlow's own deterministic serializer produces.
+  example = tf.train.Example.FromString(raw[0])
+  assert example.SerializeToString(deterministic=True) == raw[0]
+  ours = records.decode_clip(raw[0])
+  feats = example.features.feature
+  assert feats["clip/id"].bytes_list.value[0].decode() == ours["id"]
+  assert list(feats["clip/frames"].bytes_list.value) == ours["frames"]
+  spec = {
+      "clip/id": tf.io.FixedLenFeature([], tf.string),
+      "clip/frames": tf.io.VarLenFeature(tf.string),
+      "clip/num_frames": tf.io.FixedLenFeature([], tf.int64),
+      "clip/height": tf.io.FixedLenFeature([], tf.int64),
+      "clip/width": tf.io.FixedLenFeature([], tf.int64),
+      "clip/fps": tf.io.FixedLenFeature([], tf.float32),
+      "label/class": tf.io.FixedLenFeature([], tf.int64),
+      "label/values": tf.io.VarLenFeature(tf.float32),
+      "clip/source": tf.io.FixedLenFeature([], tf.string),
+  }
+  ds = tf.data.TFRecordDataset(records.find_shards(dataset, "train")).batch(64)
+  batch = tf.io.parse_example(next(iter(ds)), spec)
+  source = records.ClipDataSource(dataset, "train")
+  assert batch["clip/id"].shape[0] == len(source)
+  for i in range(len(source)):
+    clip = source[i]
+    assert batch["clip/id"][i].numpy().decode() == clip["id"]
+    assert int(batch["label/class"][i]) == clip["label"]
+    assert int(batch["clip/num_frames"][i]) == clip["num_frames"]
+  values = tf.sparse.to_dense(batch["label/values"]).numpy()
+  np.testing.assert_allclose(values[0], source[0]["values"])
+  frame0 = tf.io.decode_jpeg(tf.sparse.to_dense(batch["clip/frames"])[0, 0],
+                             dct_method="INTEGER_ACCURATE").numpy()
+  np.testing.assert_array_equal(frame0, records.decode_frames(source[0]["frames"][:1])[0])
+  # And a TFRecord written by TensorFlow reads back through our framing code.
+  tf_path = os.path.join(os.path.dirname(dataset), "tf_written.tfrecord")
+  with tf.io.TFRecordWriter(tf_path) as w:
+    w.write(raw[1])
+  assert [d for _, _, d in records.iter_shard(tf_path)] == [raw[1]]
+
+
+def test_data_source_random_access_and_pickle(dataset):
+  import grain.python as grain  # pylint: disable=import-outside-toplevel
+  source = records.ClipDataSource(dataset, "train")
+  assert isinstance(source, grain.RandomAccessDataSource)
+  assert len(source) == 7 and len(records.ClipDataSource(dataset, "test")) == 7
+  seq = list(records.iter_clips(dataset, "train"))
+  assert [c["id"] for c in seq] == [source[i]["id"] for i in range(len(source))]
+  assert sorted(source.labels.tolist()) == list(range(7))
+  clone = pickle.loads(pickle.dumps(source))
+  assert clone[3]["frames"] == source[3]["frames"] and "ClipDataSource(" in repr(clone)
+  with pytest.raises(IndexError):
+    source[len(source)]
+  frames = records.decode_frames(source[0]["frames"], indices=[0, 5, 5, 2])
+  assert frames.shape == (4, 64, 64, 3) and frames.dtype == np.uint8
+  np.testing.assert_array_equal(frames[1], frames[2])
+
+
+def _flip_byte_in_record(dataset, split, shard_no, record_no):
+  shard = records.find_shards(dataset, split)[shard_no]
+  index = records.read_index(shard)
+  pos = index["offsets"][record_no] + 12 + index["lengths"][record_no] // 2
+  with open(shard, "r+b") as f:
+    f.seek(pos)
+    b = f.read(1)
+    f.seek(pos)
+    f.write(bytes([b[0] ^ 0x40]))
+  return shard
+
+
+def test_flipped_byte_is_a_crc_error_and_is_skipped(dataset, tmp_path):
+  from svfap_jax import data  # pylint: disable=import-outside-toplevel
+  ds = _copy(dataset, tmp_path)
+  clean_ids = [c["id"] for c in data.read_clips(dataset, "train")]
+  shard = _flip_byte_in_record(ds, "train", 0, 1)
+  source = records.ClipDataSource(ds, "train")
+  bad = [i for i in range(len(source)) if source.location(i)[:2] == (shard, 1)][0]
+  with pytest.raises(records.CorruptRecordError) as err:
+    source[bad]
+  assert shard in str(err.value) and "record 1" in str(err.value)
+  assert "checksum" in err.value.reason
+  for i in range(len(source)):  # the rest is intact
+    if i != bad:
+      assert source[i]["num_frames"] == 16
+  bad_id = records.ClipDataSource(dataset, "train")[bad]["id"]
+  stats = data.ReadStats()
+  clips = list(data.read_clips(ds, "train", stats))
+  assert stats.corrupt == 1 and stats.records == len(clean_ids) - 1
+  assert [c["id"] for c in clips] == [x for x in clean_ids if x != bad_id]
+  assert all(c["frames"].shape == (16, 64, 64, 3) for c in clips)
+
+
+def test_damaged_length_header_resyncs_with_the_index(dataset, tmp_path):
+  ds = _copy(dataset, tmp_path)
+  shard = records.find_shards(ds, "train")[0]
+  index = records.read_index(shard)
+  with open(shard, "r+b") as f:
+    f.seek(index["offsets"][1] + 2)
+    f.write(b"\x7f")
+  stats = records.ReadStats()
+  ids = [c["id"] for c in records.iter_clips(ds, "train", stats)]
+  assert stats.corrupt == 1 and len(ids) == 6
+  assert any("length checksum" in p for p in stats.problems)
+
+
+def test_truncated_shard_is_reported_and_reading_goes_on(dataset, tmp_path, caplog):
+  ds = _copy(dataset, tmp_path)
+  shard = records.find_shards(ds, "train")[0]
+  index = records.read_index(shard)
+  with open(shard, "r+b") as f:
+    f.truncate(index["offsets"][-1] + 100)  # cut inside the last record
+  stats = records.ReadStats()
+  with caplog.at_level("WARNING"):
+    clips = list(records.iter_clips(ds, "train", stats))
+  assert stats.truncated_shards == [shard]
+  assert len(clips) == 7 - 1 and stats.corrupt == 0
+  assert "truncated" in caplog.text
+  source = records.ClipDataSource(ds, "train")
+  last = [i for i in range(len(source)) if source.location(i)[:2] ==
+          (shard, index["num_records"] - 1)][0]
+  with pytest.raises(records.CorruptRecordError, match="truncated"):
+    source[last]
+
+
+def test_missing_shard_and_index_errors_are_clear(dataset, tmp_path):
+  ds = _copy(dataset, tmp_path)
+  with pytest.raises(FileNotFoundError, match="no shards 'val"):
+    records.ClipDataSource(ds, "val")
+  os.remove(records.find_shards(ds, "train")[1] + records.INDEX_SUFFIX)
+  with pytest.raises(FileNotFoundError, match="re-run prepare"):
+    records.ClipDataSource(ds, "train")
+  os.remove(records.find_shards(ds, "test")[1])
+  with pytest.raises(FileNotFoundError, match="lacks shard"):
+    records.find_shards(ds, "test")
+
+
+def test_data_module_is_light_and_reads_clips(dataset):
+  code = ("import sys, svfap_jax.data as d; "
+          "heavy = [m for m in ('tensorflow', 'cv2', 'tensorflow_datasets', 'torch') "
+          "if m in sys.modules]; print(heavy)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": REPO}, check=True)
+  assert out.stdout.strip() == "[]", out.stdout + out.stderr
+  from svfap_jax import data  # pylint: disable=import-outside-toplevel
+  clips = list(data.read_clips(dataset, "test"))
+  assert len(clips) == 7
+  c = clips[0]
+  assert set(c) == {"id", "frames", "label", "values"}
+  assert c["frames"].dtype == np.uint8 and c["frames"].shape == (16, 64, 64, 3)
+  assert isinstance(c["label"], int) and c["values"].dtype == np.float32
+  assert data.load_info(dataset)["label_names"] == list(synthetic.EMOTIONS)
