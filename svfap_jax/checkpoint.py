@@ -1,0 +1,109 @@
+"""Orbax checkpoints of a run: train state + data-iterator state + config/metadata.
+
+Layout of a workdir:
+  checkpoints/<step>/{state,data,meta}   last `keep` checkpoints, for resuming (async writes)
+  best/<step>/{state,meta}               the best checkpoint by the selection metric
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
+(even SIGKILL) mid-write leaves the previous checkpoint intact and resuming picks it up.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import etils.epath as epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def _options(**kw):
+  return ocp.CheckpointManagerOptions(create=True, **kw)
+
+
+class RunCheckpointer:
+  """Last-N checkpoints (with data iterator) plus a best-by-metric checkpoint."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, best_metric: Optional[str] = None,
+               best_mode: str = "max", async_save: bool = True):
+    root = epath.Path(workdir)
+    self.last = ocp.CheckpointManager(
+        root / "checkpoints",
+        options=_options(max_to_keep=keep, enable_async_checkpointing=async_save),
+        item_names=("state", "data", "meta"))
+    self.best = None
+    self.best_metric = best_metric
+    if best_metric:
+      self.best = ocp.CheckpointManager(
+          root / "best",
+          options=_options(max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+                           keep_checkpoints_without_metrics=False,
+                           enable_async_checkpointing=async_save),
+          item_names=("state", "meta"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.last.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, meta: Optional[dict] = None,
+           force: bool = False) -> bool:
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.last.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def save_best(self, step: int, state, metrics: dict, meta: Optional[dict] = None) -> bool:
+    if self.best is None:
+      return False
+    return self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+  def restore(self, abstract_state, data_iterator=None, step: Optional[int] = None,
+              manager: Optional[ocp.CheckpointManager] = None):
+    """Returns (state, meta, step). `abstract_state` gives shapes/shardings to restore into."""
+    manager = manager or self.last
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    if data_iterator is not None and manager is self.last:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored["meta"], step
+
+  def wait(self):
+    self.last.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self):
+    self.last.close()
+    if self.best is not None:
+      self.best.close()
+
+
+def find_checkpoint_dir(path: str) -> tuple[ocp.CheckpointManager, int]:
+  """A workdir, its checkpoints/ or best/ dir, or one step dir -> (manager, step) to read."""
+  p = epath.Path(path)
+  candidates = [p / "checkpoints", p / "best", p]
+  for c in candidates:
+    if c.exists():
+      mgr = ocp.CheckpointManager(c, item_names=("state", "data", "meta"))
+      step = mgr.latest_step()
+      if step is not None:
+        return mgr, step
+  if p.name.isdigit() and p.parent.exists():
+    return ocp.CheckpointManager(p.parent, item_names=("state", "data", "meta")), int(p.name)
+  raise FileNotFoundError(
+      f"{path}: no Orbax checkpoint found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+def restore_params(path: str) -> tuple[Any, dict]:
+  """Just the parameters (and meta) of the latest checkpoint under `path`, as host numpy trees."""
+  mgr, step = find_checkpoint_dir(path)
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  state = restored["state"]
+  params = state["params"] if isinstance(state, dict) else state.params
+  logging.info("restored parameters of step %d from %s", step, mgr.directory)
+  return jax.tree_util.tree_map(lambda x: jax.device_get(x), params), dict(restored["meta"] or {})

@@ -1,0 +1,59 @@
+"""`export` (Orbax workdir -> PyTorch file) and `import` (PyTorch file -> Orbax workdir)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import etils.epath as epath
+import jax
+import orbax.checkpoint as ocp
+
+from svfap_jax import api, checkpoint
+from svfap_jax.interop import files, mapping
+
+
+def export_main(argv) -> int:
+  parser = argparse.ArgumentParser(
+      prog="svfap export", description="Writes a run's parameters as a PyTorch state_dict with "
+      "the original SVFAP key names: .pth ({'model': state_dict}) or .safetensors.")
+  parser.add_argument("--workdir", required=True, help="run dir, its checkpoints/ or best/ dir")
+  parser.add_argument("--out", required=True, help="output .pth or .safetensors")
+  parser.add_argument("--which", choices=["best", "last"], default="last")
+  args = parser.parse_args(argv)
+  path = args.workdir
+  if args.which == "best" and (epath.Path(path) / "best").exists():
+    path = str(epath.Path(path) / "best")
+  params, meta = checkpoint.restore_params(path)
+  pretrain = "decoder" in params
+  state_dict = mapping.to_torch_state_dict(params, pretrain=pretrain)
+  files.save_state_dict(state_dict, args.out)
+  print(f"wrote {len(state_dict)} tensors ({'pretraining' if pretrain else 'classifier'} model "
+        f"{meta.get('model', '?')}, step {meta.get('step', '?')}) to {args.out}")
+  return 0
+
+
+def import_main(argv) -> int:
+  parser = argparse.ArgumentParser(
+      prog="svfap import", description="Converts a PyTorch SVFAP checkpoint (original or ours) "
+      "into an Orbax checkpoint usable as --config.init_from or with `export`/`evaluate`.")
+  parser.add_argument("--torch", required=True, help=".pth/.pt/.bin/.safetensors file")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--model", default="svfap_base", help="registered model name")
+  parser.add_argument("--num-classes", type=int, default=0)
+  parser.add_argument("--pretrain", action="store_true", help="import as a pretraining model")
+  parser.add_argument("--quirks", action="store_true",
+                      help="pretraining model with original_pretrain_quirks=True")
+  args = parser.parse_args(argv)
+  model = api.import_torch(args.torch, args.model, num_classes=args.num_classes,
+                           pretrain=args.pretrain, original_pretrain_quirks=args.quirks)
+  meta = {"model": args.model, "mode": "pretrain" if args.pretrain else "finetune", "step": 0,
+          "num_outputs": args.num_classes, "source": args.torch}
+  manager = ocp.CheckpointManager(epath.Path(args.workdir) / "checkpoints",
+                                  options=ocp.CheckpointManagerOptions(create=True),
+                                  item_names=("state", "meta"))
+  manager.save(0, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"params": jax.device_get(model.params)}),
+      meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+  print(json.dumps({"workdir": args.workdir, "params": model.num_params, **meta}))
+  return 0

@@ -1,0 +1,334 @@
+"""The run loop shared by pretraining and fine-tuning.
+
+Wires config -> mesh -> model/optimizer/state -> data -> jitted step -> checkpoints/metrics. A run
+restarted with the same workdir resumes from its latest checkpoint, including the data order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import etils.epath as epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines import grain_pipeline
+from svfap_jax import api, checkpoint, optim, sharding
+from svfap_jax.interop import files, load, mapping
+from svfap_jax.models.registry import get_spec
+from svfap_jax.train import config_check, evaluate, steps
+from svfap_jax.train.state import TrainState
+from svfap_jax.train.writer import RunWriter
+
+
+class _Preemption:
+  """Turns SIGTERM (what TPU/GPU schedulers send before eviction) into a checkpoint + clean exit."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+      pass
+
+  def _handler(self, *_):
+    logging.warning("SIGTERM received: checkpointing and stopping at the end of this step")
+    self.requested = True
+
+
+def resolve_schedule(config, num_train_clips: int) -> tuple[int, int, int]:
+  """(total_steps, warmup_steps, steps_per_epoch) from steps or epochs."""
+  clips = num_train_clips * (config.data.num_views if config.mode == "pretrain" else 1)
+  steps_per_epoch = max(1, clips // config.batch_size)
+  total = config.total_steps or config.num_epochs * steps_per_epoch
+  warmup = config.optim.warmup_steps or config.warmup_epochs * steps_per_epoch
+  return total, min(warmup, max(total - 1, 0)), steps_per_epoch
+
+
+def build_module(config, spec, num_outputs: int, pretrain: bool):
+  m = config.model
+  return api.build_module(
+      spec, pretrain=pretrain, num_classes=0 if pretrain else num_outputs,
+      original_pretrain_quirks=m.original_pretrain_quirks, init_scale=m.init_scale,
+      head_activation=m.head_activation or None, keep_temporal_dim=m.keep_temporal_dim,
+      drop_rate=m.drop_rate, attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate,
+      dtype=m.dtype, remat=m.remat)
+
+
+def num_outputs_of(config, info: dict, dataset_dir: str) -> int:
+  if config.mode == "pretrain":
+    return 0
+  if config.task == "classification":
+    return int(info["num_classes"])
+  names = info.get("value_names") or []
+  if names:
+    return len(names)
+  from data_pipelines import records  # pylint: disable=g-import-not-at-top
+  first = records.ClipDataSource(dataset_dir, config.data.train_split)[0]
+  if len(first["values"]) == 0:
+    raise config_check.ConfigError(
+        f"{dataset_dir}: clips carry no regression values; prepare the lists with --regression")
+  return len(first["values"])
+
+
+def load_initial_params(path: str, template, *, pretrain: bool):
+  """Params from a pretraining/fine-tuning workdir (Orbax) or a PyTorch file, adapted to the
+  target through the PyTorch key space (drops the decoder, replaces a foreign head)."""
+  if path.endswith((".pth", ".pt", ".bin", ".safetensors")):
+    state_dict = files.load_state_dict(path)
+  else:
+    params, meta = checkpoint.restore_params(path)
+    source_pretrain = "decoder" in params
+    state_dict = mapping.to_torch_state_dict(params, pretrain=source_pretrain)
+  matched, report = load.match_state_dict(state_dict, template, pretrain=pretrain, source=path)
+  full = mapping.to_torch_state_dict(template, pretrain=pretrain)
+  full.update(matched)
+  logging.info("init_from %s: %s", path, report.summary())
+  return mapping.from_torch_state_dict(full, template, pretrain=pretrain), report
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Trainer:
+  """Holds everything a run needs; `run()` trains to the end (or to a preemption)."""
+
+  def __init__(self, config, workdir: str):
+    self.mode = config.mode
+    self.pretrain = self.mode == "pretrain"
+    self.info = config_check.validate(config, mode=self.mode)
+    self.config = config
+    self.workdir = workdir
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    self.dataset_dir = config_check.data_dir(config)
+    self.spec = get_spec(config.model.name)
+    self.mesh = sharding.create_mesh({k: config.mesh[k] for k in config.mesh})
+    self.num_outputs = num_outputs_of(config, self.info, self.dataset_dir)
+    n_train = self.info["splits"][config.data.train_split]["num_clips"]
+    self.total_steps, self.warmup_steps, self.steps_per_epoch = resolve_schedule(config, n_train)
+    self.module = build_module(config, self.spec, self.num_outputs, self.pretrain)
+    self.writer = RunWriter(workdir)
+    self.preemption = _Preemption()
+    self._build_state()
+    self._build_steps()
+
+  # ----------------------------------------------------------------------------------- state
+  def _build_state(self):
+    config, spec = self.config, self.spec
+    args, kwargs = api.example_inputs(spec, 1, self.pretrain)
+    boxed = jax.eval_shape(lambda: self.module.init(jax.random.key(0), *args, **kwargs))["params"]
+    logical = nn.get_partition_spec(boxed)
+    abstract_params = nn.meta.unbox(boxed)
+    self.param_shardings = sharding.tree_shardings(logical, abstract_params, self.mesh)
+    optim_cfg = optim_config(config, self.warmup_steps)
+    self.tx, self.schedule = optim.make_optimizer(optim_cfg, abstract_params,
+                                                  pretrain=self.pretrain,
+                                                  total_steps=self.total_steps)
+    init_params = jax.jit(
+        lambda key: nn.meta.unbox(self.module.init(key, *args, **kwargs)["params"]),
+        out_shardings=self.param_shardings)
+    params = init_params(jax.random.key(config.seed))
+    self.init_report = None
+    self.checkpointer = checkpoint.RunCheckpointer(
+        self.workdir, keep=config.keep_checkpoints,
+        best_metric=None if self.pretrain else config.best_metric,
+        best_mode="min" if config.best_metric == "rmse" else "max")
+    resuming = self.checkpointer.latest_step() is not None
+    if config.init_from and not resuming:
+      host_params, self.init_report = load_initial_params(
+          config.init_from, jax.device_get(params), pretrain=self.pretrain)
+      params = jax.device_put(host_params, self.param_shardings)
+    ema = config.optim.ema_decay > 0
+    make_state = jax.jit(lambda p: TrainState.create(p, self.tx, config.seed, ema),
+                         in_shardings=(self.param_shardings,))
+    self.state = make_state(params)
+    self.state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, self.state)
+
+  def _build_steps(self):
+    config = self.config
+    batch_shardings = {"video": sharding.batch_sharding(self.mesh, 5),
+                       "label": sharding.batch_sharding(self.mesh, 1),
+                       "values": sharding.batch_sharding(self.mesh, 2)}
+    if self.pretrain:
+      step = steps.make_pretrain_step(self.module, self.tx, self.spec,
+                                      mask_kind=config.mask.kind, mask_ratio=config.mask.ratio,
+                                      ema_decay=config.optim.ema_decay)
+    else:
+      step = steps.make_finetune_step(self.module, self.tx, task=config.task,
+                                      num_outputs=self.num_outputs, augment_cfg=config.augment,
+                                      ema_decay=config.optim.ema_decay)
+    self.trace_count = 0
+
+    def counted(state, batch):
+      self.trace_count += 1  # runs only while tracing
+      return step(state, batch)
+
+    self.train_step = jax.jit(
+        counted, in_shardings=(self.state_shardings, batch_shardings),
+        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+        donate_argnums=(0,))
+
+  # ------------------------------------------------------------------------------------ data
+  def _train_iterator(self):
+    config = self.config
+    kind = "pretrain" if self.pretrain else "finetune"
+    options = {}
+    if self.pretrain:
+      options = dict(crop=config.data.crop, num_views=config.data.num_views)
+    dataset = grain_pipeline.make_pipeline(
+        kind, self.dataset_dir, config.data.train_split,
+        batch_size=config.batch_size // jax.process_count(), num_frames=config.data.num_frames,
+        sampling_rate=config.data.sampling_rate, img_size=config.data.img_size,
+        seed=config.seed, worker_count=config.data.worker_count, **options)
+    return iter(dataset)
+
+  def _meta(self, step: int, extra: Optional[dict] = None) -> dict:
+    info = self.info
+    meta = {"step": int(step), "config": json.loads(self.config.to_json_best_effort()),
+            "model": self.config.model.name, "mode": self.mode,
+            "num_outputs": self.num_outputs, "task": self.config.task,
+            "label_names": info.get("label_names"), "value_names": info.get("value_names"),
+            "preprocessing": info.get("preprocessing"), "dataset_dir": self.dataset_dir}
+    meta.update(extra or {})
+    return meta
+
+  # ------------------------------------------------------------------------------------- run
+  def run(self) -> dict:
+    config = self.config
+    train_iter = self._train_iterator()
+    start = 0
+    if self.checkpointer.latest_step() is not None:
+      self.state, meta, start = self.checkpointer.restore(_abstract(self.state), train_iter)
+      self.writer.truncate_after(start)
+      logging.info("resumed from step %d of %s", start, self.workdir)
+    else:
+      self.writer.write_meta(self._meta(0, {"init_from": config.init_from,
+                                            "init_report": self.init_report and
+                                            self.init_report.summary()}))
+    eval_every = config.eval_every_steps or self.steps_per_epoch
+    profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
+    window, window_start, window_time = [], start, time.time()
+    best_value, stopped_early = None, False
+    step = start
+    for step in range(start, self.total_steps):
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+      batch = next(train_iter)
+      global_batch = sharding.host_to_global(
+          {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
+      self.state, metrics = self.train_step(self.state, global_batch)
+      window.append(metrics)
+      done = step + 1
+      if profile and done == profile[-1]:
+        jax.profiler.stop_trace()
+      if done % config.log_every_steps == 0 or done == self.total_steps:
+        self._log_window(done, window, window_start, window_time)
+        window, window_start, window_time = [], done, time.time()
+      if self.pretrain and config.recon_image_every_steps and (
+          done % config.recon_image_every_steps == 0 or done == self.total_steps):
+        self._write_reconstruction(done, batch)
+      if not self.pretrain and (done % eval_every == 0 or done == self.total_steps):
+        result = self.evaluate_split(config.data.eval_split, kind="eval", step=done)
+        self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
+      if done % config.checkpoint_every_steps == 0 or done == self.total_steps:
+        self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+      if self.preemption.requested:
+        self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+        stopped_early = True
+        break
+    self.checkpointer.wait()
+    summary = {"steps": int(jax.device_get(self.state.step)), "total_steps": self.total_steps,
+               "preempted": stopped_early, "compilations": self.trace_count}
+    if not self.pretrain and not stopped_early:
+      summary.update(self.final_test())
+    self.writer.write_report(summary)
+    self.writer.flush()
+    return summary
+
+  def _log_window(self, step, window, window_start, window_time):
+    host = jax.device_get(window)
+    losses = np.array([float(m["loss"]) for m in host])
+    nonfinite = int(sum(int(m["nonfinite"]) for m in host))
+    elapsed = max(time.time() - window_time, 1e-9)
+    clips_per_s = (step - window_start) * self.config.batch_size / elapsed
+    lr = float(self.schedule(max(step - 1, 0) // self.config.optim.accum_steps))
+    row = {"step": step, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any()
+           else float("nan"), "lr": lr, "grad_norm": float(host[-1]["grad_norm"]),
+           "nonfinite_steps": nonfinite,
+           "clips_per_s_per_device": clips_per_s / jax.device_count()}
+    eta = (self.total_steps - step) * elapsed / max(step - window_start, 1)
+    self.writer.write_train(row, eta_s=eta, total_steps=self.total_steps)
+    if nonfinite >= min(self.config.nan_max_consecutive, len(host)) and nonfinite == len(host):
+      raise FloatingPointError(
+          f"loss/gradients were NaN or Inf for {nonfinite} consecutive steps up to step {step} "
+          f"(updates were skipped); lower optim.lr, enable optim.clip_grad or check the data")
+
+  def _write_reconstruction(self, step, batch):
+    from svfap_jax import visualize  # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:
+      return
+    params = jax.device_get(self.state.params)
+    path = os.path.join(self.workdir, "reconstructions", f"step_{step:07d}.png")
+    image = visualize.reconstruction_grid(self.module, params, self.spec, batch["video"][:2],
+                                          mask_ratio=self.config.mask.ratio, seed=step,
+                                          path=path)
+    self.writer.write_image("reconstruction", image, step)
+
+  # ------------------------------------------------------------------------------- evaluation
+  def eval_params(self):
+    return self.state.ema_params if self.state.ema_params is not None else self.state.params
+
+  def evaluate_split(self, split: str, *, kind: str, step: int, params=None,
+                     tag: Optional[str] = None) -> dict:
+    result = evaluate.evaluate(
+        self.module, self.eval_params() if params is None else params, self.config,
+        self.dataset_dir, split, kind=kind, mesh=self.mesh, task=self.config.task,
+        label_names=self.info.get("label_names"), value_names=self.info.get("value_names"))
+    row = {"step": step, "split": tag or split, **result["metrics"]}
+    self.writer.write_eval(row)
+    return result["metrics"]
+
+  def final_test(self) -> dict:
+    """Multi-view test of the last and the best checkpoint; predictions CSV and plots."""
+    config = self.config
+    out = {}
+    candidates = [("last", self.eval_params())]
+    if self.checkpointer.best is not None and self.checkpointer.best.latest_step() is not None:
+      best_state, _, best_step = self.checkpointer.restore(
+          _abstract(self.state), manager=self.checkpointer.best,
+          step=self.checkpointer.best.best_step())
+      params = best_state.ema_params if best_state.ema_params is not None else best_state.params
+      candidates.append(("best", params))
+      out["best_step"] = int(best_step)
+    for name, params in candidates:
+      result = evaluate.evaluate(
+          self.module, params, config, self.dataset_dir, config.data.test_split, kind="test",
+          mesh=self.mesh, task=config.task, label_names=self.info.get("label_names"),
+          value_names=self.info.get("value_names"))
+      self.writer.write_eval({"step": int(jax.device_get(self.state.step)),
+                              "split": f"{config.data.test_split}/{name}", **result["metrics"]})
+      if jax.process_index() == 0:
+        evaluate.write_outputs(result, self.workdir, prefix=f"test_{name}",
+                               label_names=self.info.get("label_names"))
+      out[f"test_{name}"] = result["metrics"]
+    return out
+
+
+def optim_config(config, warmup_steps: int):
+  """The config with optim.warmup_steps resolved from warmup_epochs."""
+  resolved = config.copy_and_resolve_references()
+  with resolved.unlocked():
+    resolved.optim.warmup_steps = int(warmup_steps)
+  return resolved
+
+
+def train(config, workdir: str) -> dict:
+  return Trainer(config, workdir).run()

@@ -1,0 +1,106 @@
+"""Pure train / eval step functions. Each `make_*` returns a function (state, batch) -> ...
+meant for `jax.jit`; nothing here touches the host or the data pipeline."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from data_pipelines import augment
+from svfap_jax import losses, masking
+from svfap_jax.models.registry import ModelSpec
+from svfap_jax.train.state import TrainState
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
+                    ema_decay: float = 0.0):
+  """Optimizer update with a NaN/Inf guard: a step with non-finite gradients changes nothing
+  (but advances the step counter, so the data stream and RNG move on) and reports `nonfinite=1`."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = _all_finite(grads)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  ema = state.ema_params
+  if ema is not None and ema_decay > 0:
+    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+  return new_state, {"grad_norm": optax.global_norm(grads),
+                     "nonfinite": 1 - finite.astype(jnp.int32)}
+
+
+def make_pretrain_step(module, tx, spec: ModelSpec, *, mask_kind: str, mask_ratio: float,
+                       ema_decay: float = 0.0) -> Callable:
+  num_visible = masking.num_visible(mask_kind, spec.temporal_tokens, spec.spatial_tokens,
+                                    mask_ratio)
+
+  def step(state: TrainState, batch: dict[str, Any]):
+    mask_key, dropout_key = jax.random.split(state.step_key())
+    video = augment.pretrain_preprocess(batch["video"])
+    b = video.shape[0]
+    if mask_kind == "tube":
+      mask = masking.tube_mask(mask_key, b, spec.temporal_tokens, spec.spatial_tokens, mask_ratio)
+    else:
+      mask = masking.random_mask(mask_key, b, spec.num_patches, mask_ratio)
+    targets = losses.patchify_targets(video, tubelet=spec.tubelet_size, patch=spec.patch_size)
+
+    def loss_fn(params):
+      pred = module.apply({"params": params}, video, mask, num_visible=num_visible,
+                          deterministic=False, rngs={"dropout": dropout_key})
+      return losses.pretrain_loss(pred, targets, mask)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    state, info = apply_gradients(state, grads, tx, ema_decay)
+    return state, {"loss": loss, **info}
+
+  return step
+
+
+def make_finetune_step(module, tx, *, task: str, num_outputs: int, augment_cfg,
+                       ema_decay: float = 0.0) -> Callable:
+  def step(state: TrainState, batch: dict[str, Any]):
+    aug_key, dropout_key = jax.random.split(state.step_key())
+    if task == "classification":
+      video, targets = augment.finetune_train_augment(aug_key, batch["video"], batch["label"],
+                                                      num_outputs, augment_cfg)
+    else:
+      # Mixed labels make no sense for regression targets: only the pixel augmentations run.
+      video, _ = augment.finetune_train_augment(aug_key, batch["video"],
+                                                jnp.zeros_like(batch["label"]), 1, augment_cfg)
+      targets = batch["values"]
+
+    def loss_fn(params):
+      out = module.apply({"params": params}, video, deterministic=False,
+                         rngs={"dropout": dropout_key})
+      if task == "classification":
+        return losses.soft_target_cross_entropy(out, targets)
+      return losses.mse(out, targets)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    state, info = apply_gradients(state, grads, tx, ema_decay)
+    return state, {"loss": loss, **info}
+
+  return step
+
+
+def make_eval_step(module, *, task: str) -> Callable:
+  """(params, batch) -> per-example scores: softmax probabilities or regression outputs."""
+  def step(params, batch):
+    video = augment.eval_preprocess(batch["video"])
+    out = module.apply({"params": params}, video, deterministic=True)
+    return jax.nn.softmax(out, axis=-1) if task == "classification" else out
+  return step
+
+
+def make_features_step(module) -> Callable:
+  """(params, batch) -> pooled, normalised encoder embeddings (B, C)."""
+  def step(params, batch):
+    video = augment.eval_preprocess(batch["video"])
+    return module.apply({"params": params}, video, deterministic=True, return_features=True)
+  return step

@@ -1,0 +1,99 @@
+"""Run outputs: metrics.jsonl, TensorBoard events (clu), console progress, report.json.
+
+Only process 0 writes. `metrics.jsonl` holds one JSON object per line: training rows carry `step`,
+`loss`, `lr` (+ grad norm, throughput); evaluation rows carry `step`, `split` and the metrics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Optional
+
+import etils.epath as epath
+import jax
+import numpy as np
+
+
+def _format_seconds(s: float) -> str:
+  s = int(max(s, 0))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _jsonable(value):
+  if isinstance(value, (np.floating, float)):
+    return float(value) if math.isfinite(value) else None
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  return value
+
+
+class RunWriter:
+
+  def __init__(self, workdir: str):
+    self.workdir = epath.Path(workdir)
+    self.active = jax.process_index() == 0
+    self.metrics_path = self.workdir / "metrics.jsonl"
+    self._clu = None
+    if self.active:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      self._clu = metric_writers.create_default_writer(
+          str(self.workdir / "tensorboard"), asynchronous=False)
+
+  def _append(self, row: dict):
+    if not self.active:
+      return
+    with self.metrics_path.open("a") as f:
+      f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+
+  def truncate_after(self, step: int):
+    """On resume: drops rows logged after the checkpoint we resume from (they will be redone)."""
+    if not self.active or not self.metrics_path.exists():
+      return
+    kept = [line for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+  def write_train(self, row: dict, *, eta_s: float, total_steps: int):
+    self._append(row)
+    if not self.active:
+      return
+    self._clu.write_scalars(row["step"], {k: v for k, v in row.items()
+                                          if k != "step" and isinstance(v, (int, float))})
+    logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f clips/s/device  ETA %s", row["step"],
+                 total_steps, row["loss"], row["lr"], row["clips_per_s_per_device"],
+                 _format_seconds(eta_s))
+    print(f"step {row['step']}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3g}  "
+          f"{row['clips_per_s_per_device']:.1f} clips/s/device  ETA {_format_seconds(eta_s)}",
+          flush=True)
+
+  def write_eval(self, row: dict):
+    scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+    self._append({k: v for k, v in row.items() if k in ("step", "split") or k in scalars})
+    if not self.active:
+      return
+    self._clu.write_scalars(row["step"], {f"{row['split']}/{k}": v for k, v in scalars.items()})
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
+    print(f"eval {row['split']} @ step {row['step']}: {shown}", flush=True)
+
+  def write_image(self, name: str, image: np.ndarray, step: int):
+    if self.active:
+      self._clu.write_images(step, {name: image[None]})
+
+  def write_meta(self, meta: dict):
+    if self.active:
+      (self.workdir / "run_meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+  def write_report(self, report: dict, name: str = "report.json"):
+    if not self.active:
+      return
+    path = self.workdir / name
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous.update(report)
+    path.write_text(json.dumps(previous, indent=2, default=_jsonable))
+
+  def flush(self):
+    if self.active:
+      self._clu.flush()
