@@ -31,10 +31,13 @@ Behaviour:
   * Every unusable input (missing or empty file, truncated video, missing frame folder, unreadable
     image, list line without a label, label out of range, ...) is skipped and listed with its
     reason in OUT/prepare_report.json and the printed summary. --strict stops at the first one
-    instead, exits non-zero and names the path and the reason.
-  * Re-running resumes: a shard whose index matches (same clips, same options) and whose framing
-    checks out is kept untouched; others are rewritten under a temporary name and renamed into
-    place. Shards of an older shard count for the same split are removed.
+    instead (list problems first, then clips in processing order, shard by shard), exits with
+    status 2 and names the path and the reason.
+  * Re-running resumes: a shard whose index matches (same clips, same options), whose record
+    framing walks cleanly to the end of the file and whose last record passes its checksum is
+    kept untouched; others are rewritten under a temporary name and renamed into place. Shards
+    of an older shard count for the same split are removed. (Data checksums of the other records
+    are checked by the readers, not here: that would mean reading the whole dataset.)
   * OUT/dataset_info.json is rebuilt from all shard indices in OUT at the end.
 """
 from __future__ import annotations
@@ -48,7 +51,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -140,6 +143,8 @@ class Inputs:
   value_names: Optional[tuple[str, ...]] = None
   name: str = "custom"
   warnings: list[str] = dataclasses.field(default_factory=list)
+  # True when no names were given and they were made up from the largest label seen.
+  label_names_inferred: bool = False
 
 
 class StrictStop(Exception):
@@ -367,6 +372,7 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
   if label_names is None:
     top = max((t.label for t in raw), default=-1)
     label_names = tuple(str(i) for i in range(top + 1)) if top >= 0 else None
+    inputs.label_names_inferred = True
   inputs.label_names = label_names
   if num_values and not inputs.value_names:
     inputs.value_names = tuple(f"value{i}" for i in range(num_values))
@@ -593,6 +599,12 @@ def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) ->
       previous = records.load_info(out_dir)
     except (OSError, ValueError):
       previous = {}
+  label_names = list(inputs.label_names) if inputs.label_names else None
+  earlier = previous.get("label_names")
+  if earlier and (label_names is None or (inputs.label_names_inferred
+                                          and len(earlier) >= len(label_names))):
+    # A run that only added a split without naming the classes keeps the names given before.
+    label_names = earlier
   splits = {}
   for split in records.list_splits(out_dir):
     try:
@@ -600,17 +612,15 @@ def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) ->
       indices = [records.read_index(s) for s in shards]
     except (OSError, ValueError):
       continue
-    block = records.summarize_split(indices, inputs.label_names)
+    block = records.summarize_split(indices, label_names)
     block["preprocessing"] = indices[0].get("preprocessing") if indices else None
     splits[split] = block
   info = {
       "format": records.FORMAT_NAME,
-      "name": inputs.name,
+      "name": inputs.name if inputs.name != "custom" else previous.get("name", inputs.name),
       "builder_version": records.BUILDER_VERSION,
-      "label_names": list(inputs.label_names) if inputs.label_names else
-                     previous.get("label_names"),
-      "num_classes": len(inputs.label_names) if inputs.label_names else
-                     previous.get("num_classes", 0),
+      "label_names": label_names,
+      "num_classes": len(label_names) if label_names else 0,
       "value_names": list(inputs.value_names) if inputs.value_names else
                      previous.get("value_names", []),
       "preprocessing": options.spec(),
@@ -634,6 +644,9 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
     raise ValueError("--num-shards and --clips-per-shard must be >= 1")
   start = time.time()
   os.makedirs(out_dir, exist_ok=True)
+  report_path = os.path.join(out_dir, REPORT_FILE)
+  if os.path.exists(report_path):
+    os.remove(report_path)  # a stopped run must not leave the previous run's report behind
   plans = plan_shards(inputs.tasks, options, num_shards, clips_per_shard)
   remove_stale(out_dir, plans, say)
   done: dict[str, dict] = {}
@@ -699,7 +712,7 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
         "mean_detected_fraction": round(float(np.mean(face_fracs)), 4) if face_fracs else None,
         "clips_without_face": int(sum(1 for f in face_fracs if f == 0.0)),
     }
-  records.write_json_atomic(os.path.join(out_dir, REPORT_FILE), report)
+  records.write_json_atomic(report_path, report)
   return report
 
 
@@ -732,8 +745,8 @@ def summary_text(report: dict, out_dir: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="svfap_jax prepare", description="Build sharded face-clip TFRecords.",
-      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Usage", 1)[1]
-      if "Usage" in __doc__ else None)
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__.split("\n", 2)[2] if __doc__ else None)
   p.add_argument("--out", required=True, help="output dataset directory")
   src = p.add_argument_group("inputs (any combination)")
   src.add_argument("--list", action="append", metavar="[SPLIT=]PATH",
@@ -751,22 +764,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--value-names", help="comma-separated names of the regression values")
   p.add_argument("--name", help="dataset name recorded in dataset_info.json")
   proc = p.add_argument_group("processing")
-  proc.add_argument("--short-side", type=int, default=176)
+  proc.add_argument("--short-side", type=int, default=176,
+                    help="shorter side of the stored frames (default 176 = 1.1 x 160)")
   proc.add_argument("--jpeg-quality", type=int, default=90)
-  proc.add_argument("--face-crop", action="store_true")
-  proc.add_argument("--face-margin", type=float, default=faces.FaceCropSpec.margin)
-  proc.add_argument("--face-detect-every", type=int, default=1)
-  proc.add_argument("--max-frames", type=int)
+  proc.add_argument("--face-crop", action="store_true",
+                    help="Haar face detection + smoothed square crop (short-side squares)")
+  proc.add_argument("--face-margin", type=float, default=faces.FaceCropSpec.margin,
+                    help="crop side / detected face box side")
+  proc.add_argument("--face-detect-every", type=int, default=1,
+                    help="run the detector on every n-th frame, interpolate between")
+  proc.add_argument("--max-frames", type=int, help="keep at most the first N frames")
   proc.add_argument("--fps", type=float, help="resample (drop frames) down to this rate")
-  proc.add_argument("--folder-fps", type=float, default=video_io.DEFAULT_FOLDER_FPS)
-  proc.add_argument("--min-frames", type=int, default=1)
+  proc.add_argument("--folder-fps", type=float, default=video_io.DEFAULT_FOLDER_FPS,
+                    help="frame rate assumed for frame folders")
+  proc.add_argument("--min-frames", type=int, default=1,
+                    help="skip (and report) clips with fewer frames")
   out = p.add_argument_group("output")
   shards = out.add_mutually_exclusive_group()
   shards.add_argument("--num-shards", type=int, help="shards per split")
-  shards.add_argument("--clips-per-shard", type=int, default=256)
-  out.add_argument("--workers", type=int, default=1)
+  shards.add_argument("--clips-per-shard", type=int, default=256,
+                      help="sets the shard count when --num-shards is not given")
+  out.add_argument("--workers", type=int, default=1, help="decoding processes")
   out.add_argument("--strict", action="store_true", help="stop at the first bad input")
-  out.add_argument("--quiet", action="store_true")
+  out.add_argument("--quiet", action="store_true", help="print nothing but errors")
   return p
 
 

@@ -2,12 +2,12 @@
 
 Policy: OpenCV's frontal-face Haar cascade runs on a downscaled grey copy of every
 `detect_every`-th frame and the largest face is kept; a frame without a face is retried rotated
-by a few roll angles (the frontal cascade misses tilted heads). Gaps are filled by linear interpolation in
-time, then the box (centre x, centre y, size) is smoothed with a running median (drops one-frame
-false positives) followed by a running mean (removes jitter). The crop is a square `margin` times
-the box size, kept inside the frame (shifted, and shrunk to the frame's short side if needed),
-resized to the output size. A clip without any detection falls back to a centred square crop and
-says so in the returned info.
+by a few roll angles (the frontal cascade misses tilted heads). Gaps are filled by linear
+interpolation in time, then the box (centre x, centre y, size) is smoothed with a running median
+(drops one-frame false positives) followed by a running mean (removes jitter). The crop is a
+square `margin` times the box size, kept inside the frame (shifted, and shrunk to the frame's
+short side if needed), resized to the output size. A clip without any detection falls back to a
+centred square crop and says so in the returned info.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class FaceCropSpec:
   min_neighbors: int = 5
   # The frontal cascade misses tilted heads; frames without a face are retried rotated by these
   # angles (degrees) and the box is mapped back.
-  roll_angles: tuple[float, ...] = (15.0, -15.0, 30.0, -30.0)
+  roll_angles: tuple[float, ...] = (25.0, -25.0)
 
   def describe(self) -> dict:
     return {

@@ -101,7 +101,8 @@ def _make_crc_table() -> np.ndarray:
 _CRC_TABLE = _make_crc_table()
 _CRC_TABLE_LIST = [int(v) for v in _CRC_TABLE]
 # Basis vectors 1 << i for i in 0..31, as the byte lanes a 4x256 operator table is indexed by.
-_LANE_INPUTS = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None])
+_LANE_INPUTS = (np.arange(256, dtype=np.uint32)[None, :]
+                << (8 * np.arange(4, dtype=np.uint32))[:, None])
 
 
 def _apply_op(op: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -185,7 +186,8 @@ def masked_crc(data) -> int:
 #
 #   Example  { Features features = 1; }
 #   Features { map<string, Feature> feature = 1; }      (map entry: key = 1, value = 2)
-#   Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
+#   Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2;
+#                      Int64List int64_list = 3; } }
 #   BytesList { repeated bytes value = 1; }  FloatList { repeated float value = 1 [packed]; }
 #   Int64List { repeated int64 value = 1 [packed]; }
 # ------------------------------------------------------------------------------------------------
@@ -715,6 +717,9 @@ class ClipDataSource:
   lookup is one `pread`. Instances are picklable (open files are not carried along) and
   thread-safe. A record that fails its checksum or does not parse raises `CorruptRecordError`
   naming the shard and record, never returns garbage.
+
+  Attributes:
+    labels: int64 (len,) class of every record, read from the indices (for samplers and stats).
   """
 
   def __init__(self, dataset_dir: str, split: str):

@@ -37,12 +37,12 @@ NEUTRAL = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0], np.float32)
 APEX = {
     #                mouth_curve open  width brow_raise tilt  eye_open wrinkle asym
     "happy":    np.array([1.0, 0.45, 1.25, 0.15, 0.0, 0.6, 0.0, 0.0], np.float32),
-    "sad":      np.array([-0.9, 0.0, 0.9, -0.1, 1.0, 0.65, 0.0, 0.0], np.float32),
+    "sad":      np.array([-1.0, 0.0, 0.85, -0.15, 1.2, 0.55, 0.0, 0.0], np.float32),
     "neutral":  NEUTRAL.copy(),
-    "angry":    np.array([-0.25, 0.0, 0.8, -0.8, -1.0, 0.7, 0.2, 0.0], np.float32),
-    "surprise": np.array([0.0, 1.0, 0.65, 1.0, 0.0, 1.5, 0.0, 0.0], np.float32),
-    "disgust":  np.array([-0.45, 0.2, 0.9, -0.45, -0.3, 0.55, 1.0, 1.0], np.float32),
-    "fear":     np.array([-0.3, 0.5, 1.3, 0.75, 0.9, 1.4, 0.0, 0.0], np.float32),
+    "angry":    np.array([-0.25, 0.0, 0.75, -0.9, -1.2, 0.7, 0.2, 0.0], np.float32),
+    "surprise": np.array([0.0, 1.1, 0.55, 1.1, 0.0, 1.55, 0.0, 0.0], np.float32),
+    "disgust":  np.array([-0.5, 0.25, 0.95, -0.4, -0.2, 0.5, 1.0, 1.2], np.float32),
+    "fear":     np.array([-0.45, 0.45, 1.4, 0.8, 1.1, 1.4, 0.0, 0.0], np.float32),
 }
 # Circumplex positions (valence, arousal) in [-1, 1].
 VALENCE_AROUSAL = {
@@ -136,7 +136,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
       bg_blobs=[(rng.uniform(0, 1, 2), rng.uniform(0.05, 0.25, 2), rng.uniform(0, 180),
                  _color(rng, [0, 0, 0], [255, 255, 255])) for _ in range(int(rng.integers(2, 6)))],
       light_dir=rng.uniform(0, 2 * np.pi), light_strength=rng.uniform(0.0, 0.35),
-      brightness=rng.uniform(0.8, 1.15), noise=rng.uniform(1.0, 4.0),
+      brightness=rng.uniform(0.8, 1.15), noise=rng.uniform(0.5, 2.0),
       yaw_amp=rng.uniform(0.05, 0.35), roll_amp=rng.uniform(0.0, 0.2),
       drift=rng.uniform(0.0, 0.04), pose_freq=rng.uniform(0.3, 1.2),
       pose_phase=tuple(rng.uniform(0, 2 * np.pi, 3)), talk=float(rng.uniform(0, 0.12)),
@@ -328,8 +328,8 @@ def _draw_nose(img, proj, identity, expr, px):
   if wrinkle > 0.3:
     for k in range(3):
       y = identity.eye_y + 0.08 + 0.05 * k
-      _stroke(img, proj([(-0.07, y), (0.0, y - 0.015), (0.07, y)]), identity.skin * 0.55,
-              0.015 * px * wrinkle)
+      _stroke(img, proj([(-0.08, y), (0.0, y - 0.02), (0.08, y)]), identity.skin * 0.5,
+              0.025 * px * wrinkle)
 
 
 def _draw_mouth(img, proj, identity, expr, px):
@@ -458,6 +458,21 @@ def render_clip(emotion: int, num_frames: int, size: int, rng: np.random.Generat
 # ------------------------------------------------------------------------------------------------
 
 
+def _write_lines(path: str, lines: Sequence[str]) -> str:
+  with open(path, "w") as f:
+    f.writelines(line + "\n" for line in lines)
+  return path
+
+
+def _settings(num_clips_per_class, num_frames, size, seed, folds, test_fraction, fps=25.0,
+              write_videos=True, write_frames=True, jpeg_quality=95) -> dict:
+  """What a raw synthetic dataset was written with (decides whether it can be reused)."""
+  return {"num_clips_per_class": num_clips_per_class, "num_frames": num_frames, "size": size,
+          "seed": seed, "folds": folds, "test_fraction": test_fraction, "fps": fps,
+          "write_videos": write_videos, "write_frames": write_frames,
+          "jpeg_quality": jpeg_quality}
+
+
 def _fold_of(j: int, n: int, folds: int, test_fraction: float) -> int:
   """1-based fold whose test split holds the j-th of the n clips of a class (0: train only)."""
   if folds > 1:
@@ -490,7 +505,6 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
 
   if not (write_videos or write_frames):
     raise ValueError("write_dataset needs write_videos or write_frames")
-  rng = np.random.default_rng(seed)
   frames_root = os.path.join(out_dir, "Clip", "frames")
   video_root = os.path.join(out_dir, "Clip", "original")
   codec = video_io.available_encoder() if write_videos else None
@@ -507,7 +521,8 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
       for t, frame in enumerate(clip.frames, 1):
         ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        assert ok
+        if not ok:
+          raise RuntimeError(f"JPEG encoding failed for frame {t} of clip {name}")
         with open(os.path.join(folder, f"{t:05d}.jpg"), "wb") as f:
           f.write(buf.tobytes())
     if write_videos:
@@ -518,7 +533,6 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
                         "arousal": round(clip.arousal, 4),
                         "fold": _fold_of((i - 1) // len(EMOTIONS), num_clips_per_class, folds,
                                         test_fraction)})
-  del rng
   lists: dict[int, dict[str, str]] = {}
   video_lists: dict[int, dict[str, str]] = {}
   va_lists: dict[int, dict[str, str]] = {}
@@ -526,32 +540,32 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
     list_dir = os.path.join(out_dir, "lists", f"split{k:02d}")
     os.makedirs(list_dir, exist_ok=True)
     lists[k], video_lists[k], va_lists[k] = {}, {}, {}
+    frame_dir = os.path.relpath(frames_root, list_dir)
+    video_dir = os.path.relpath(video_root, list_dir)
     for split in ("train", "test"):
       rows = [a for a in annotations if (a["fold"] == k) == (split == "test")]
-      rel_frames = os.path.relpath(frames_root, list_dir)
-      rel_videos = os.path.relpath(video_root, list_dir)
-      targets = [("", lists, lambda a: f"{rel_frames}/{a['id']} {a['emotion']}", write_frames),
-                 ("_video", video_lists, lambda a: f"{rel_videos}/{a['id']}.mp4 {a['emotion']}",
-                  write_videos),
-                 ("_va", va_lists,
-                  lambda a: f"{(rel_frames if write_frames else rel_videos)}/{a['id']}"
-                            f"{'' if write_frames else '.mp4'} {a['valence']} {a['arousal']}",
-                  True)]
-      for suffix, table, fmt, wanted in targets:
-        if not wanted:
-          continue
-        path = os.path.join(list_dir, f"{split}{suffix}.csv")
-        with open(path, "w") as f:
-          f.writelines(fmt(a) + "\n" for a in rows)
-        table[k][split] = path
+      frame_paths = [f"{frame_dir}/{a['id']}" for a in rows]
+      video_paths = [f"{video_dir}/{a['id']}.mp4" for a in rows]
+      if write_frames:
+        lists[k][split] = _write_lines(
+            os.path.join(list_dir, f"{split}.csv"),
+            [f"{p} {a['emotion']}" for p, a in zip(frame_paths, rows)])
+      if write_videos:
+        video_lists[k][split] = _write_lines(
+            os.path.join(list_dir, f"{split}_video.csv"),
+            [f"{p} {a['emotion']}" for p, a in zip(video_paths, rows)])
+      va_lists[k][split] = _write_lines(
+          os.path.join(list_dir, f"{split}_va.csv"),
+          [f"{p} {a['valence']} {a['arousal']}"
+           for p, a in zip(frame_paths if write_frames else video_paths, rows)])
       split_dir = os.path.join(out_dir, "EmoLabel_DataSplit", f"{split}(single-labeled)")
       os.makedirs(split_dir, exist_ok=True)
-      with open(os.path.join(split_dir, f"set_{k}.csv"), "w") as f:
-        f.write("video_name,label\n")
-        f.writelines(f"{int(a['id'])},{a['emotion'] + 1}\n" for a in rows)
+      _write_lines(os.path.join(split_dir, f"set_{k}.csv"),
+                   ["video_name,label"] + [f"{int(a['id'])},{a['emotion'] + 1}" for a in rows])
   with open(os.path.join(out_dir, "annotations.json"), "w") as f:
-    json.dump({"emotions": list(EMOTIONS), "num_frames": num_frames, "size": size, "fps": fps,
-               "seed": seed, "folds": folds, "clips": annotations}, f, indent=1)
+    json.dump({"emotions": list(EMOTIONS), "settings": _settings(
+        num_clips_per_class, num_frames, size, seed, folds, test_fraction, fps, write_videos,
+        write_frames, jpeg_quality), "clips": annotations}, f, indent=1)
   return {"root": out_dir, "lists": lists, "video_lists": video_lists, "va_lists": va_lists,
           "num_clips": total, "codec": codec}
 
@@ -576,16 +590,13 @@ def make_synthetic_dataset(out_dir: str, num_clips_per_class: int = 8, num_frame
   raw_dir = os.path.join(out_dir, "raw")
   prepared = os.path.join(out_dir, "prepared")
   marker = os.path.join(raw_dir, "annotations.json")
-  settings = {"num_clips_per_class": num_clips_per_class, "num_frames": num_frames, "size": size,
-              "seed": seed, "folds": folds, "test_fraction": test_fraction}
+  settings = dict(num_clips_per_class=num_clips_per_class, num_frames=num_frames, size=size,
+                  seed=seed, folds=folds, test_fraction=test_fraction)
   existing = None
   if os.path.exists(marker):
     with open(marker) as f:
-      existing = json.load(f)
-  if existing is None or any(existing.get(k) != v for k, v in
-                             {"num_frames": num_frames, "size": size, "seed": seed,
-                              "folds": folds}.items()) or len(existing["clips"]) != (
-                                  num_clips_per_class * len(EMOTIONS)):
+      existing = json.load(f).get("settings")
+  if existing != _settings(**settings):
     write_dataset(raw_dir, **settings)
   list_dir = os.path.join(raw_dir, "lists", f"split{fold:02d}")
   suffix = "" if source == "frames" else "_video"

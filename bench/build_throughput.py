@@ -1,0 +1,83 @@
+"""Throughput of `prepare` on the synthetic face-clip set: clips/s by input kind, face crop, workers.
+
+  python bench/build_throughput.py [--clips-per-class 4] [--frames 32] [--size 128]
+                                   [--short-side 112] [--workers 1,2] [--out DIR]
+
+Writes the synthetic clips once (frame folders and mp4), then times a fresh `prepare` for every
+combination (process start-up of the worker pool included) and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_pipelines import build  # pylint: disable=g-import-not-at-top
+from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
+
+
+def run_once(list_path: str, out: str, workers: int, face_crop: bool, short_side: int) -> dict:
+  shutil.rmtree(out, ignore_errors=True)
+  argv = ["--list", f"train={list_path}", "--out", out, "--workers", str(workers),
+          "--short-side", str(short_side), "--num-shards", "2", "--quiet"]
+  if face_crop:
+    argv.append("--face-crop")
+  args = build.build_parser().parse_args(argv)
+  inputs = build.collect_inputs(args)
+  start = time.perf_counter()
+  report = build.prepare(out, inputs, build.options_from_args(args), num_shards=2,
+                         workers=workers, say=lambda s: None)
+  seconds = time.perf_counter() - start
+  return {"clips": report["written"], "seconds": seconds,
+          "face": (report.get("face_crop") or {}).get("mean_detected_fraction")}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--clips-per-class", type=int, default=4)
+  p.add_argument("--frames", type=int, default=32)
+  p.add_argument("--size", type=int, default=128)
+  p.add_argument("--short-side", type=int, default=112)
+  p.add_argument("--workers", default="1,2")
+  p.add_argument("--out", help="work dir (default: a temporary one, removed afterwards)")
+  args = p.parse_args(argv)
+  work = args.out or tempfile.mkdtemp(prefix="svfap_build_bench_")
+  try:
+    t = time.perf_counter()
+    raw = synthetic.write_dataset(os.path.join(work, "raw"), args.clips_per_class, args.frames,
+                                  args.size, seed=0, test_fraction=0.0)
+    gen = time.perf_counter() - t
+    lists = {"jpeg folders": raw["lists"][1]["train"], "mp4": raw["video_lists"][1]["train"]}
+    rows = []
+    for kind, list_path in lists.items():
+      for face_crop in (False, True):
+        for workers in (int(w) for w in args.workers.split(",")):
+          r = run_once(list_path, os.path.join(work, "out"), workers, face_crop, args.short_side)
+          rows.append((kind, face_crop, workers, r))
+          print(f"  {kind}, face_crop={face_crop}, workers={workers}: "
+                f"{r['clips'] / r['seconds']:.2f} clips/s", file=sys.stderr, flush=True)
+    print(f"\n`prepare` throughput: {raw['num_clips']} synthetic clips x {args.frames} frames, "
+          f"{args.size}x{args.size} px in, short side {args.short_side} out, JPEG q90; "
+          f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
+          f"generating the clips took {gen:.1f} s.\n")
+    print("| input | face crop | workers | clips/s | frames/s | seconds | faces found |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for kind, face_crop, workers, r in rows:
+      rate = r["clips"] / r["seconds"]
+      face = "-" if r["face"] is None else f"{100 * r['face']:.0f}% of frames"
+      print(f"| {kind} | {'yes' if face_crop else 'no'} | {workers} | {rate:.2f} | "
+            f"{rate * args.frames:.0f} | {r['seconds']:.2f} | {face} |")
+  finally:
+    if not args.out:
+      shutil.rmtree(work, ignore_errors=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
