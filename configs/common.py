@@ -65,7 +65,7 @@ def base(mode: str) -> ml_collections.ConfigDict:
       img_size=160,
       worker_count=0,
       prefetch=2,
-      crop="upper_central",      # pretrain crop: upper_central | multiscale
+      crop="fixed",              # pretrain crop: fixed (upper-central, as VoxCeleb2) | multiscale
       num_views=1,               # pretrain: masked views per decoded clip (repeated sampling)
       num_test_segments=2,
       num_test_crops=1,

@@ -19,6 +19,6 @@ def get_config(arg=None):
   c = common.base("pretrain")
   c.model.name = args.model
   c.model.dtype = "bfloat16" if args.bf16 else "float32"
-  c.data.crop = "upper_central"
+  c.data.crop = "fixed"
   c.checkpoint_every_steps = 2000
   return c

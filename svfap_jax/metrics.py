@@ -224,7 +224,8 @@ def confusion_matrix_png(confusion: Sequence[Sequence[int]], label_names: Option
   ax.set_ylabel("true")
   if title:
     ax.set_title(title)
-  threshold = shown.max() / 2.0 if shown.size else 0.0
+  # Light text on the dark half of the colour map.
+  threshold = 0.5 if normalize else shown.max(initial=0.0) / 2.0
   for i in range(k):
     for j in range(k):
       text = f"{shown[i, j]:.2f}\n{int(counts[i, j])}" if normalize else f"{int(counts[i, j])}"

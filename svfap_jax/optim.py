@@ -48,10 +48,9 @@ import optax
 
 from svfap_jax.interop import mapping
 
-# Parameters never decayed regardless of shape (the original's `no_weight_decay()` list).
-NO_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "mask_token"})
-# Parameters that sit below the first block in the layer-decay order (layer id 0).
-_EMBEDDING_NAMES = frozenset({"pos_embed", "cls_token", "mask_token"})
+# Token and position embeddings: never decayed whatever their shape (the original's
+# `no_weight_decay()` list), and below the first block in the layer-decay order.
+TOKEN_NAMES = frozenset({"pos_embed", "cls_token", "mask_token"})
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 _DEFAULTS = {
@@ -102,9 +101,11 @@ def lr_schedule(base_lr: float, *, batch_size: int, total_steps: int, warmup_ste
       alpha=end / peak if peak else 0.0)
   if warmup_steps == 0:
     return cosine
-  # linspace(init, peak, w) reaches the peak at step w - 1, one step before the cosine starts.
-  warmup = optax.linear_schedule(warmup_init_lr, peak, transition_steps=warmup_steps - 1) \
-      if warmup_steps > 1 else optax.constant_schedule(warmup_init_lr)
+  if warmup_steps == 1:
+    warmup = optax.constant_schedule(warmup_init_lr)
+  else:
+    # linspace(init, peak, w) reaches the peak at step w - 1, one step before the cosine starts.
+    warmup = optax.linear_schedule(warmup_init_lr, peak, transition_steps=warmup_steps - 1)
   return optax.join_schedules([warmup, cosine], boundaries=[warmup_steps])
 
 
@@ -122,7 +123,7 @@ def _tree_from_paths(params: Mapping, fn) -> Any:
 def decays(name: str, shape: tuple[int, ...]) -> bool:
   """Whether the parameter with PyTorch name `name` gets weight decay (the original's rule)."""
   return not (len(shape) <= 1 or name.endswith(".bias")
-              or name in NO_DECAY_NAMES or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES)
+              or name in TOKEN_NAMES or name.rsplit(".", 1)[-1] in TOKEN_NAMES)
 
 
 def weight_decay_mask(params: Mapping, *, pretrain: bool) -> Any:
@@ -142,7 +143,7 @@ def layer_id(name: str, num_layers: int) -> int:
   0 for the patch embedding and the token/position embeddings, i + 1 for `blocks.i`, and
   `num_layers + 1` for everything else (downsampling modules, norms, heads, the MAE decoder).
   """
-  if name in _EMBEDDING_NAMES or name.startswith("patch_embed"):
+  if name in TOKEN_NAMES or name.startswith("patch_embed"):
     return 0
   m = _BLOCK.match(name)
   if m:
@@ -170,7 +171,7 @@ def layer_decay_scales(params: Mapping, *, layer_decay: float, pretrain: bool = 
   def scale(path, _):
     name = names[path]
     if pretrain:
-      if not name.startswith("encoder.") and name not in _EMBEDDING_NAMES:
+      if not name.startswith("encoder.") and name not in TOKEN_NAMES:
         return 1.0
       name = name.removeprefix("encoder.")
     return values[layer_id(name, num_layers)]

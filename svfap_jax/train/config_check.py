@@ -75,6 +75,8 @@ def validate(config, *, mode: str) -> dict:
          f"data.img_size={config.data.img_size} but {config.model.name} takes "
          f"{spec.img_size} px")
   need(config.data.sampling_rate >= 1, "data.sampling_rate must be >= 1")
+  need(config.data.crop in ("fixed", "multiscale"),
+       f"data.crop={config.data.crop!r} must be 'fixed' (upper-central) or 'multiscale'")
   need(config.batch_size > 0, f"batch_size={config.batch_size} must be positive")
   need(config.total_steps > 0 or config.num_epochs > 0,
        "set total_steps or num_epochs (both are 0)")

@@ -18,13 +18,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import grain_pipeline
+from data_pipelines import augment, grain_pipeline
 from svfap_jax import api, checkpoint, optim, sharding
 from svfap_jax.interop import files, load, mapping
 from svfap_jax.models.registry import get_spec
 from svfap_jax.train import config_check, evaluate, steps
 from svfap_jax.train.state import TrainState
 from svfap_jax.train.writer import RunWriter
+
+
+# Fault injection for the crash-resume tests: SIGKILL this process right after the checkpoint of
+# this step is on disk, exactly like a machine loss (no cleanup, no final save).
+_FAULT_AFTER_STEP = int(os.environ.get("SVFAP_FAULT_AFTER_STEP", "0"))
+
+
+def _die_after_checkpoint(checkpointer):
+  checkpointer.wait()
+  os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Preemption:
@@ -151,6 +161,9 @@ class Trainer:
                          in_shardings=(self.param_shardings,))
     self.state = make_state(params)
     self.state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, self.state)
+    self.writer.write_json("param_shardings.json", {
+        "/".join(str(k.key) for k in path): str(s.spec)
+        for path, s in jax.tree_util.tree_leaves_with_path(self.param_shardings)})
 
   def _build_steps(self):
     config = self.config
@@ -163,7 +176,8 @@ class Trainer:
                                       ema_decay=config.optim.ema_decay)
     else:
       step = steps.make_finetune_step(self.module, self.tx, task=config.task,
-                                      num_outputs=self.num_outputs, augment_cfg=config.augment,
+                                      num_outputs=self.num_outputs,
+                                      augment_cfg=augment_config(config),
                                       ema_decay=config.optim.ema_decay)
     self.trace_count = 0
 
@@ -182,10 +196,11 @@ class Trainer:
     kind = "pretrain" if self.pretrain else "finetune"
     options = {}
     if self.pretrain:
-      options = dict(crop=config.data.crop, num_views=config.data.num_views)
+      options = dict(pretrain_crop=config.data.crop, num_views=config.data.num_views)
     dataset = grain_pipeline.make_pipeline(
         kind, self.dataset_dir, config.data.train_split,
-        batch_size=config.batch_size // jax.process_count(), num_frames=config.data.num_frames,
+        batch_size=config.batch_size // config.optim.accum_steps // jax.process_count(),
+        num_frames=config.data.num_frames,
         sampling_rate=config.data.sampling_rate, img_size=config.data.img_size,
         seed=config.seed, worker_count=config.data.worker_count, **options)
     return iter(dataset)
@@ -221,11 +236,12 @@ class Trainer:
     for step in range(start, self.total_steps):
       if profile and step == profile[0]:
         jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
-      batch = next(train_iter)
-      global_batch = sharding.host_to_global(
-          {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
-      self.state, metrics = self.train_step(self.state, global_batch)
-      window.append(metrics)
+      for _ in range(config.optim.accum_steps):  # micro-batches of one optimizer update
+        batch = next(train_iter)
+        global_batch = sharding.host_to_global(
+            {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
+        self.state, metrics = self.train_step(self.state, global_batch)
+        window.append(metrics)
       done = step + 1
       if profile and done == profile[-1]:
         jax.profiler.stop_trace()
@@ -240,6 +256,8 @@ class Trainer:
         self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
       if done % config.checkpoint_every_steps == 0 or done == self.total_steps:
         self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+      if _FAULT_AFTER_STEP and done == _FAULT_AFTER_STEP:
+        _die_after_checkpoint(self.checkpointer)
       if self.preemption.requested:
         self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
         stopped_early = True
@@ -258,8 +276,8 @@ class Trainer:
     losses = np.array([float(m["loss"]) for m in host])
     nonfinite = int(sum(int(m["nonfinite"]) for m in host))
     elapsed = max(time.time() - window_time, 1e-9)
-    clips_per_s = (step - window_start) * self.config.batch_size / elapsed
-    lr = float(self.schedule(max(step - 1, 0) // self.config.optim.accum_steps))
+    clips_per_s = (step - window_start) * self.config.batch_size / elapsed  # per optimizer step
+    lr = float(self.schedule(max(step - 1, 0)))
     row = {"step": step, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any()
            else float("nan"), "lr": lr, "grad_norm": float(host[-1]["grad_norm"]),
            "nonfinite_steps": nonfinite,
@@ -320,6 +338,16 @@ class Trainer:
                                label_names=self.info.get("label_names"))
       out[f"test_{name}"] = result["metrics"]
     return out
+
+
+def augment_config(config) -> augment.AugmentConfig:
+  a = config.augment
+  return augment.AugmentConfig(
+      img_size=config.data.img_size, crop_scale=(a.min_scale, 1.0),
+      flip_prob=0.5 if a.flip else 0.0, rand_augment=a.randaug_num_ops > 0,
+      ra_num_ops=max(a.randaug_num_ops, 1), ra_magnitude=float(a.randaug_magnitude),
+      erase_prob=a.reprob, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix,
+      mixup_switch_prob=a.mixup_switch_prob, label_smoothing=a.label_smoothing)
 
 
 def optim_config(config, warmup_steps: int):

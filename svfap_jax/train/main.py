@@ -62,7 +62,10 @@ def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
     raise SystemExit(f"{prog}: --workdir is required")
   from svfap_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  # Progress lines are printed; library INFO chatter (Orbax, absl) stays out of the console.
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.WARNING)
   return fv
 
 

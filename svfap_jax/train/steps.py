@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from data_pipelines import augment
-from svfap_jax import losses, masking
+from svfap_jax import losses, masking, optim
 from svfap_jax.models.registry import ModelSpec
 from svfap_jax.train.state import TrainState
 
@@ -29,7 +29,9 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
   params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
   ema = state.ema_params
   if ema is not None and ema_decay > 0:
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+    # With gradient accumulation the parameters move only every k-th call.
+    ema = optim.ema_update(ema, params, ema_decay,
+                           enabled=jnp.logical_and(finite, optim.did_update(opt_state)))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
   return new_state, {"grad_norm": optax.global_norm(grads),
                      "nonfinite": 1 - finite.astype(jnp.int32)}

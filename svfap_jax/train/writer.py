@@ -83,8 +83,11 @@ class RunWriter:
       self._clu.write_images(step, {name: image[None]})
 
   def write_meta(self, meta: dict):
+    self.write_json("run_meta.json", meta)
+
+  def write_json(self, name: str, obj):
     if self.active:
-      (self.workdir / "run_meta.json").write_text(json.dumps(meta, indent=2, default=str))
+      (self.workdir / name).write_text(json.dumps(obj, indent=2, default=str))
 
   def write_report(self, report: dict, name: str = "report.json"):
     if not self.active:

@@ -1,0 +1,127 @@
+"""Training system: sharded equivalence, crash resume, single compilation, the CLI run contract.
+
+Each run is a subprocess (the device count is fixed when JAX starts, and a crash test needs a
+process to kill) on a tiny synthetic face-clip dataset.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  from data_pipelines.synthetic import make_synthetic_dataset
+  return make_synthetic_dataset(str(tmp_path_factory.mktemp("faces")), num_clips_per_class=3,
+                                num_frames=20, size=72, seed=0)
+
+
+def _env(devices=1, **extra):
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(ROOT)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def _run(command, workdir, data, *overrides, devices=1, mode_config="configs/demo.py:pretrain",
+         env_extra=None, check=True):
+  argv = [sys.executable, "-m", "svfap_jax", command, "--config", mode_config, "--workdir",
+          str(workdir), f"--config.data.dir={data}", "--config.model.name=svfap_tiny",
+          "--config.data.img_size=64", "--config.log_every_steps=1",
+          "--config.recon_image_every_steps=0", *overrides]
+  proc = subprocess.run(argv, cwd=ROOT, env=_env(devices, **(env_extra or {})),
+                        capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def _train_rows(workdir):
+  rows = [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in rows if "loss" in r and "split" not in r]
+
+
+def _final_params(workdir):
+  from svfap_jax import checkpoint
+  params, _ = checkpoint.restore_params(str(workdir))
+  import jax
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+
+
+def test_eight_devices_match_one_device(dataset, tmp_path):
+  """data=2 x fsdp=4 on 8 fake CPU devices gives the single-device losses (fp32, rtol 1e-4)."""
+  common = ["--config.total_steps=5", "--config.batch_size=8", "--config.checkpoint_every_steps=5"]
+  _run("pretrain", tmp_path / "one", dataset, *common, "--config.mesh.data=1")
+  _run("pretrain", tmp_path / "eight", dataset, *common, "--config.mesh.data=2",
+       "--config.mesh.fsdp=4", devices=8)
+  one, eight = _train_rows(tmp_path / "one"), _train_rows(tmp_path / "eight")
+  assert [r["step"] for r in one] == [r["step"] for r in eight] == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([r["loss"] for r in eight], [r["loss"] for r in one], rtol=1e-4)
+  shardings = json.loads((tmp_path / "eight" / "param_shardings.json").read_text())
+  # The largest matrices are split over the fsdp axis (ZeRO-3 style), not replicated.
+  assert "fsdp" in shardings["encoder/blocks_0/mlp/fc1/kernel"]
+  assert "fsdp" in shardings["encoder/patch_embed/kernel"]
+  assert shardings["encoder/blocks_0/norm1/scale"] in ("PartitionSpec('fsdp',)",
+                                                       "PartitionSpec()")
+
+
+def test_sigkill_resume_is_exact(dataset, tmp_path):
+  """2N steps straight vs N steps, SIGKILL, restart: identical losses, data order and params."""
+  common = ["--config.total_steps=6", "--config.batch_size=4", "--config.checkpoint_every_steps=3",
+            "--config.data.worker_count=0"]
+  _run("pretrain", tmp_path / "straight", dataset, *common)
+  crashed = _run("pretrain", tmp_path / "crash", dataset, *common,
+                 env_extra={"SVFAP_FAULT_AFTER_STEP": 3}, check=False)
+  assert crashed.returncode == -9, crashed.stderr[-2000:]   # killed, not a clean exit
+  assert not (tmp_path / "crash" / "report.json").exists()
+  _run("pretrain", tmp_path / "crash", dataset, *common)
+  straight, resumed = _train_rows(tmp_path / "straight"), _train_rows(tmp_path / "crash")
+  assert [r["step"] for r in resumed] == list(range(1, 7))
+  assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+  for a, b in zip(_final_params(tmp_path / "straight"), _final_params(tmp_path / "crash")):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cli_contract_finetune_from_pretrained_and_scratch(dataset, tmp_path):
+  """The README's run contract, as written, on a dataset of any class count."""
+  pre = tmp_path / "P"
+  _run("pretrain", pre, dataset, "--config.total_steps=3", "--config.batch_size=4")
+  report = json.loads((pre / "report.json").read_text())
+  assert report["compilations"] == 1 and report["steps"] == 3
+  ft_args = ["--config.total_steps=4", "--config.batch_size=4", "--config.eval_every_steps=2",
+             "--config.augment.randaug_num_ops=1"]
+  for name, extra in (("W", [f"--config.init_from={pre}"]), ("S", [])):
+    w = tmp_path / name
+    proc = _run("finetune", w, dataset, *ft_args, *extra, mode_config="configs/demo.py:finetune")
+    rows = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "split" not in r and "loss" in r]
+    evals = [r for r in rows if r.get("split") == "test"]
+    assert {"step", "loss", "lr"} <= set(train[0])
+    assert len(evals) == 2 and {"uar", "war"} <= set(evals[0])
+    report = json.loads((w / "report.json").read_text())
+    assert report["compilations"] == 1
+    for which in ("test_last", "test_best"):
+      assert 0.0 <= report[which]["uar"] <= 1.0 and "confusion" in report[which]
+    assert (w / "test_last_predictions.csv").exists()
+    if name == "W":
+      meta = json.loads((w / "run_meta.json").read_text())
+      assert "loaded" in meta["init_report"] and "decoder" not in meta["init_report"].split(
+          "newly initialised")[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_fails_before_compiling(dataset, tmp_path):
+  proc = _run("pretrain", tmp_path / "bad", dataset, "--config.mask.ratio=1.5",
+              "--config.data.num_frames=8", check=False)
+  assert proc.returncode != 0
+  assert "mask.ratio=1.5" in proc.stderr and "data.num_frames=8" in proc.stderr
+  proc = _run("pretrain", tmp_path / "bad2", dataset, "--config.no_such_field=1", check=False)
+  assert proc.returncode != 0 and "no_such_field" in proc.stderr
