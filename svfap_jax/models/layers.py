@@ -204,6 +204,71 @@ class Block(nn.Module):
     return x + drop_path(_layer_scale(self, y, "gamma_2", self.init_values))
 
 
+class CSBlock(Block):
+  """Cross-attention to `context`, then self-attention, then MLP (all pre-norm residual).
+
+  Same hyper-parameters as `Block`, plus the `cross_attn`, `cross_norm1/2` (and `gamma_0`) params.
+  """
+
+  @nn.compact
+  def __call__(self, x, context):
+    b, n, c = x.shape
+    m = context.shape[1]
+    q = dense(c, (EMBED, HEADS), name="q", use_bias=False, kernel_init=self.kernel_init,
+              dtype=self.dtype)(x)
+    kv = dense(2 * c, (EMBED, HEADS), name="kv", use_bias=False, kernel_init=self.kernel_init,
+               dtype=self.dtype)(context)
+    if self.qkv_bias:
+      q_bias = self.param("q_bias", _partitioned(nn.initializers.zeros_init(), (HEADS,)), (c,))
+      v_bias = self.param("v_bias", _partitioned(nn.initializers.zeros_init(), (HEADS,)), (c,))
+      q = q + q_bias.astype(q.dtype)
+      kv = kv + jnp.concatenate([jnp.zeros_like(v_bias), v_bias]).astype(kv.dtype)
+    head_dim = c // self.num_heads
+    q = q.reshape(b, n, self.num_heads, head_dim)
+    kv = kv.reshape(b, m, 2, self.num_heads, head_dim)
+    out = _attend(q, kv[:, :, 0], kv[:, :, 1], attn_drop_rate=self.attn_drop_rate,
+                  deterministic=self.deterministic)
+    out = dense(c, (HEADS, EMBED), name="proj", kernel_init=self.kernel_init,
+                dtype=self.dtype)(out.reshape(b, n, c))
+    return nn.Dropout(self.proj_drop_rate)(out, deterministic=self.deterministic)
+
+
+def _layer_scale(module: nn.Module, x, name: str, init_value: float):
+  """Multiplies by a learned per-channel gamma (`name`) when layer scale is on."""
+  if init_value <= 0:
+    return x
+  gamma = module.param(name, _partitioned(nn.initializers.constant(init_value), (EMBED,)),
+                       (x.shape[-1],))
+  return x * gamma.astype(x.dtype)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  init_values: float = 0.0
+  eps: float = 1e-6
+  deterministic: bool = True
+  kernel_init: Initializer = TRUNC_NORMAL_02
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    drop_path = DropPath(self.drop_path_rate, self.deterministic)
+    y = Attention(self.num_heads, self.qkv_bias, self.attn_drop_rate, self.drop_rate,
+                  self.deterministic, self.kernel_init, self.dtype, name="attn")(
+                      layer_norm(self.eps, name="norm1", dtype=self.dtype)(x))
+    x = x + drop_path(_layer_scale(self, y, "gamma_1", self.init_values))
+    y = Mlp(int(c * self.mlp_ratio), c, self.drop_rate, self.deterministic, self.kernel_init,
+            dtype=self.dtype, name="mlp")(layer_norm(self.eps, name="norm2", dtype=self.dtype)(x))
+    return x + drop_path(_layer_scale(self, y, "gamma_2", self.init_values))
+
+
 class CSBlock(nn.Module):
   """Cross-attention to `context`, then self-attention, then MLP (all pre-norm residual)."""
   num_heads: int

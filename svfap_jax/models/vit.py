@@ -1,28 +1,19 @@
 """Plain video ViT (VideoMAE): patch embedding, sin-cos positions, a stack of pre-norm blocks."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from svfap_jax.models import layers
-from svfap_jax.models.registry import ModelSpec
+from svfap_jax.models.tpsbt import TPSBTEncoder
 
 
-class ViTEncoder(nn.Module):
-  """Same interface as `TPSBTEncoder`: full-token mode returns (tokens, T); pretraining mode
-  runs any visible subset (random or tube masks) and applies the final `norm`."""
-  spec: ModelSpec
-  drop_rate: float = 0.0
-  attn_drop_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  kernel_init: Any = layers.TRUNC_NORMAL_02
-  dtype: Any = jnp.float32
-  remat: str = "none"
-  pretraining: bool = False
-  original_pretrain_quirks: bool = False
+class ViTEncoder(TPSBTEncoder):
+  """Same fields and interface as `TPSBTEncoder`: full-token mode returns (tokens, T); pretraining
+  mode runs any visible subset (random or tube masks) and applies the final `norm`."""
 
   @nn.compact
   def __call__(self, video, visible_idx: Optional[jnp.ndarray] = None, *,
