@@ -206,3 +206,11 @@ def test_data_module_is_light_and_reads_clips(dataset):
   assert c["frames"].dtype == np.uint8 and c["frames"].shape == (16, 64, 64, 3)
   assert isinstance(c["label"], int) and c["values"].dtype == np.float32
   assert data.load_info(dataset)["label_names"] == list(synthetic.EMOTIONS)
+
+
+def test_crc32c_implementations_agree():
+  rng = np.random.default_rng(0)
+  for n in (0, 1, 7, 1023, 1024, 4097, 100_003):
+    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    assert records.crc32c(data) == records.crc32c_numpy(data)
+  assert records.crc32c_numpy(b"123456789") == 0xE3069283  # the CRC-32C check value

@@ -2,6 +2,7 @@
 meant for `jax.jit`; nothing here touches the host or the data pipeline."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -72,9 +73,11 @@ def make_finetune_step(module, tx, *, task: str, num_outputs: int, augment_cfg,
       video, targets = augment.finetune_train_augment(aug_key, batch["video"], batch["label"],
                                                       num_outputs, augment_cfg)
     else:
-      # Mixed labels make no sense for regression targets: only the pixel augmentations run.
-      video, _ = augment.finetune_train_augment(aug_key, batch["video"],
-                                                jnp.zeros_like(batch["label"]), 1, augment_cfg)
+      # Mixing videos would need mixed targets too; regression runs the per-clip pixel
+      # augmentations only.
+      video, _ = augment.finetune_train_augment(
+          aug_key, batch["video"], jnp.zeros_like(batch["label"]), 1,
+          dataclasses.replace(augment_cfg, mixup_alpha=0.0, cutmix_alpha=0.0))
       targets = batch["values"]
 
     def loss_fn(params):
