@@ -72,7 +72,8 @@ def base(mode: str) -> ml_collections.ConfigDict:
       eval_batch_size=0,         # 0 = batch_size
   ))
 
-  c.mask = ml_collections.ConfigDict(dict(kind="tube", ratio=0.9))
+  # normalize_target: regress per-patch normalised pixels (paper/VideoMAE) or raw [0, 1] pixels.
+  c.mask = ml_collections.ConfigDict(dict(kind="tube", ratio=0.9, normalize_target=True))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=3e-4 if mode == "pretrain" else 1e-3,   # base lr at batch 256

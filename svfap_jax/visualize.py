@@ -11,6 +11,16 @@ from data_pipelines import augment
 from svfap_jax import losses, masking
 
 
+_JITTED: dict = {}
+
+
+def _apply(module):
+  """One compiled forward per module (eager Flax would dispatch op by op)."""
+  if id(module) not in _JITTED:
+    _JITTED[id(module)] = jax.jit(module.apply, static_argnames=("num_visible",))
+  return _JITTED[id(module)]
+
+
 def _unpatchify(patches: np.ndarray, spec) -> np.ndarray:
   """(B, N, tb*p*p*3) in (t h w) token order, (p0 p1 p2 c) inner order -> (B, T, H, W, 3)."""
   b = patches.shape[0]
@@ -20,7 +30,8 @@ def _unpatchify(patches: np.ndarray, spec) -> np.ndarray:
   return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t * tb, g * p, g * p, 3)
 
 
-def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float, seed: int = 0):
+def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float, seed: int = 0,
+                normalize_target: bool = True):
   """Returns (original, masked input, reconstruction) as float [0,1] videos (B, T, H, W, 3)."""
   video = augment.pretrain_preprocess(np.asarray(video_uint8))
   b = video.shape[0]
@@ -28,7 +39,7 @@ def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float
                            mask_ratio) if spec.arch == "tpsbt" else masking.random_mask(
                                jax.random.key(seed), b, spec.num_patches, mask_ratio)
   n_visible = int(np.asarray(~mask[0]).sum())
-  pred = np.asarray(module.apply({"params": params}, video, mask, num_visible=n_visible))
+  pred = np.asarray(_apply(module)({"params": params}, video, mask, num_visible=n_visible))
   raw = np.asarray(losses.patchify_targets(video, tubelet=spec.tubelet_size,
                                            patch=spec.patch_size, normalize=False))
   mask = np.asarray(mask)
@@ -41,7 +52,8 @@ def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float
   masked_rows = np.argsort(mask, axis=1, kind="stable")[:, n_visible:]
   for i in range(b):
     rows = masked_rows[i]
-    recon[i, rows] = pred[i].reshape(len(rows), -1, 3) * std[i, rows] + mean[i, rows]
+    predicted = pred[i].reshape(len(rows), -1, 3)
+    recon[i, rows] = predicted * std[i, rows] + mean[i, rows] if normalize_target else predicted
   masked_input = per_channel.copy()
   masked_input[mask] = 0.5
   shape = raw.shape
@@ -50,9 +62,11 @@ def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float
 
 
 def reconstruction_grid(module, params, spec, video_uint8: np.ndarray, *, mask_ratio: float,
-                        seed: int = 0, path: Optional[str] = None, frames: int = 8) -> np.ndarray:
+                        seed: int = 0, path: Optional[str] = None, frames: int = 8,
+                        normalize_target: bool = True) -> np.ndarray:
   """uint8 image: for each clip, rows original / masked / reconstruction over `frames` frames."""
-  original, masked, recon = reconstruct(module, params, spec, video_uint8, mask_ratio, seed)
+  original, masked, recon = reconstruct(module, params, spec, video_uint8, mask_ratio, seed,
+                                        normalize_target)
   idx = np.linspace(0, original.shape[1] - 1, frames).round().astype(int)
   rows = []
   for i in range(original.shape[0]):

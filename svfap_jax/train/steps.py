@@ -39,7 +39,7 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
 
 
 def make_pretrain_step(module, tx, spec: ModelSpec, *, mask_kind: str, mask_ratio: float,
-                       ema_decay: float = 0.0) -> Callable:
+                       normalize_target: bool = True, ema_decay: float = 0.0) -> Callable:
   num_visible = masking.num_visible(mask_kind, spec.temporal_tokens, spec.spatial_tokens,
                                     mask_ratio)
 
@@ -51,7 +51,8 @@ def make_pretrain_step(module, tx, spec: ModelSpec, *, mask_kind: str, mask_rati
       mask = masking.tube_mask(mask_key, b, spec.temporal_tokens, spec.spatial_tokens, mask_ratio)
     else:
       mask = masking.random_mask(mask_key, b, spec.num_patches, mask_ratio)
-    targets = losses.patchify_targets(video, tubelet=spec.tubelet_size, patch=spec.patch_size)
+    targets = losses.patchify_targets(video, tubelet=spec.tubelet_size, patch=spec.patch_size,
+                                      normalize=normalize_target)
 
     def loss_fn(params):
       pred = module.apply({"params": params}, video, mask, num_visible=num_visible,
