@@ -70,6 +70,11 @@ def base(mode: str) -> ml_collections.ConfigDict:
       num_test_segments=2,
       num_test_crops=1,
       eval_batch_size=0,         # 0 = batch_size
+      train_resize=0,            # resize the stored short side before cropping (0 = as stored)
+      train_crop="random",       # host-side fine-tuning crop: random | centre
+      train_crop_size=0,         # host crop side (0 = train_resize or the stored short side)
+      eval_resize=0,             # eval/test: resize the short side before the centre crop
+      pretrain_resize=0,
   ))
 
   # normalize_target: regress per-patch normalised pixels (paper/VideoMAE) or raw [0, 1] pixels.

@@ -9,11 +9,13 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Optional
 
 import etils.epath as epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -43,6 +45,21 @@ class RunCheckpointer:
 
   def latest_step(self) -> Optional[int]:
     return self.last.latest_step()
+
+  def data_process_count(self, step: Optional[int] = None) -> Optional[int]:
+    """How many processes wrote the data-iterator state of a checkpoint (None: it has none).
+
+    grain saves one `process_<i>-of-<n>.json` per process and restores only into the same n.
+    """
+    step = self.last.latest_step() if step is None else step
+    if step is None:
+      return None
+    counts = set()
+    for path in (epath.Path(self.last.directory) / str(step) / "data").glob("process_*-of-*.json"):
+      match = re.fullmatch(r"process_\d+-of-(\d+)\.json", path.name)
+      if match:
+        counts.add(int(match.group(1)))
+    return counts.pop() if len(counts) == 1 else None
 
   def save(self, step: int, state, data_iterator=None, meta: Optional[dict] = None,
            force: bool = False) -> bool:
@@ -101,8 +118,12 @@ def find_checkpoint_dir(path: str) -> tuple[ocp.CheckpointManager, int]:
 def restore_params(path: str) -> tuple[Any, dict]:
   """Just the parameters (and meta) of the latest checkpoint under `path`, as host numpy trees."""
   mgr, step = find_checkpoint_dir(path)
+  # numpy targets: whole arrays on every process, whatever mesh and process count wrote them.
+  tree = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(mgr.directory) / str(step) / "state").tree
+  target = jax.tree_util.tree_map(lambda m: np.broadcast_to(np.zeros((), m.dtype), m.shape), tree)
   restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   state = restored["state"]
   params = state["params"] if isinstance(state, dict) else state.params
   logging.info("restored parameters of step %d from %s", step, mgr.directory)

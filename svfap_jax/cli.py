@@ -21,6 +21,9 @@ COMMANDS = {
     "import": ("svfap_jax.cli", "import_main", "PyTorch checkpoint -> Orbax workdir"),
     "describe": ("svfap_jax.cli", "describe_main", "params and GMACs of a registered model"),
     "demo": ("svfap_jax.demo", "main", "synthetic data -> pretrain -> finetune -> report"),
+    "predict": ("svfap_jax.predict", "predict_main", "face crop + per-window emotion scores"),
+    "extract": ("svfap_jax.predict", "extract_main", "face crop + per-window/per-video embeddings"),
+    "compile": ("svfap_jax.aot", "main", "ahead-of-time compile + memory check for a mesh"),
 }
 
 

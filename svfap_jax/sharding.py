@@ -156,4 +156,19 @@ def initialize_distributed(coordinator: Optional[str] = None,
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+  _use_coordination_barriers()
   return True
+
+
+def _use_coordination_barriers() -> None:
+  """Makes Orbax meet at the coordination service's barriers rather than at collectives.
+
+  Processes reach a barrier minutes apart when one is still compiling; a collective gives a late
+  peer little time (gloo, the CPU backend's, 30 s) while the coordination service waits out the
+  barrier's timeout.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top,unused-import
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # outside an absl app: the library flags keep their defaults
+  flags.FLAGS.experimental_orbax_use_distributed_barrier = True

@@ -4,9 +4,9 @@ the clips and the (small) per-view results are gathered before aggregation."""
 from __future__ import annotations
 
 import csv
-import os
 from typing import Optional, Sequence
 
+import etils.epath as epath
 import jax
 import numpy as np
 
@@ -67,6 +67,7 @@ def evaluate(module, params, config, dataset_dir: str, split: str, *, kind: str,
   batch_size = (data.eval_batch_size or config.batch_size) // jax.process_count()
   options = dict(num_segments=data.num_test_segments, num_crops=data.num_test_crops) \
       if kind == "test" else {}
+  options["eval_resize"] = data.eval_resize or None
   pipeline = grain_pipeline.make_pipeline(
       kind, dataset_dir, split, batch_size=batch_size, num_frames=data.num_frames,
       sampling_rate=data.sampling_rate, img_size=data.img_size, seed=config.seed,
@@ -107,9 +108,9 @@ def write_outputs(result: dict, workdir: str, *, prefix: str,
                   label_names: Optional[Sequence[str]] = None) -> None:
   """Per-video predictions CSV, metrics JSON-friendly dict, and a confusion-matrix PNG."""
   scores, targets = np.asarray(result["scores"]), np.asarray(result["targets"])
-  path = os.path.join(workdir, f"{prefix}_predictions.csv")
+  path = epath.Path(workdir) / f"{prefix}_predictions.csv"  # local or gs://
   classification = targets.ndim == 1
-  with open(path, "w", newline="") as f:
+  with path.open("w") as f:
     w = csv.writer(f)
     if classification:
       names = list(label_names or [str(i) for i in range(scores.shape[1])])
@@ -123,5 +124,5 @@ def write_outputs(result: dict, workdir: str, *, prefix: str,
         w.writerow([vid] + [f"{v:.6f}" for v in y] + [f"{v:.6f}" for v in s])
   if classification and "confusion" in result["metrics"]:
     names = list(label_names or [str(i) for i in range(scores.shape[1])])
-    metrics_lib.confusion_matrix_png(result["metrics"]["confusion"], names,
-                                     os.path.join(workdir, f"{prefix}_confusion.png"))
+    with (epath.Path(workdir) / f"{prefix}_confusion.png").open("wb") as f:
+      metrics_lib.confusion_matrix_png(result["metrics"]["confusion"], names, f)

@@ -5,6 +5,7 @@ restarted with the same workdir resumes from its latest checkpoint, including th
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import augment, grain_pipeline
+from data_pipelines import augment, global_order
 from svfap_jax import api, checkpoint, optim, sharding
 from svfap_jax.interop import files, load, mapping
 from svfap_jax.models.registry import get_spec
@@ -35,6 +36,29 @@ _FAULT_AFTER_STEP = int(os.environ.get("SVFAP_FAULT_AFTER_STEP", "0"))
 def _die_after_checkpoint(checkpointer):
   checkpointer.wait()
   os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _MeetAfterCompiling:
+  """A jitted step whose first call compiles, then waits for every process before running.
+
+  Processes finish compiling minutes apart, and the first collective of the step gives a late
+  peer little time (gloo, on CPU, 30 s); the coordination service's barrier waits.
+  """
+  _meetings = 0
+
+  def __init__(self, jitted):
+    self.jitted = jitted
+    self.met = False
+
+  def __call__(self, *args):
+    if not self.met:
+      from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+      self.jitted.lower(*args).compile()
+      _MeetAfterCompiling._meetings += 1
+      multihost.sync_global_processes(f"svfap_step_compiled_{_MeetAfterCompiling._meetings}",
+                                      timeout=3600)
+      self.met = True
+    return self.jitted(*args)
 
 
 class _Preemption:
@@ -154,7 +178,8 @@ class Trainer:
     resuming = self.checkpointer.latest_step() is not None
     if config.init_from and not resuming:
       host_params, self.init_report = load_initial_params(
-          config.init_from, jax.device_get(params), pretrain=self.pretrain)
+          config.init_from, jax.tree_util.tree_map(sharding.global_to_host, params),
+          pretrain=self.pretrain)
       params = jax.device_put(host_params, self.param_shardings)
     ema = config.optim.ema_decay > 0
     make_state = jax.jit(lambda p: TrainState.create(p, self.tx, config.seed, ema),
@@ -173,6 +198,7 @@ class Trainer:
     if self.pretrain:
       step = steps.make_pretrain_step(self.module, self.tx, self.spec,
                                       mask_kind=config.mask.kind, mask_ratio=config.mask.ratio,
+                                      normalize_target=config.mask.normalize_target,
                                       ema_decay=config.optim.ema_decay)
     else:
       step = steps.make_finetune_step(self.module, self.tx, task=config.task,
@@ -189,21 +215,55 @@ class Trainer:
         counted, in_shardings=(self.state_shardings, batch_shardings),
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
         donate_argnums=(0,))
+    if jax.process_count() > 1:
+      self.train_step = _MeetAfterCompiling(self.train_step)
 
   # ------------------------------------------------------------------------------------ data
-  def _train_iterator(self):
+  def _train_iterator(self, start_record: int = 0):
+    """This process's rows of the global batches (the same batches for any process count)."""
     config = self.config
     kind = "pretrain" if self.pretrain else "finetune"
-    options = {}
     if self.pretrain:
-      options = dict(pretrain_crop=config.data.crop, num_views=config.data.num_views)
-    dataset = grain_pipeline.make_pipeline(
+      options = dict(pretrain_crop=config.data.crop, num_views=config.data.num_views,
+                     pretrain_resize=config.data.pretrain_resize or None)
+    else:
+      options = dict(train_resize=config.data.train_resize or None,
+                     train_crop_size=config.data.train_crop_size or None,
+                     train_crop=config.data.train_crop)
+    global_batch = config.batch_size // config.optim.accum_steps
+    dataset = global_order.make_pipeline(
         kind, self.dataset_dir, config.data.train_split,
-        batch_size=config.batch_size // config.optim.accum_steps // jax.process_count(),
+        batch_size=global_batch // jax.process_count(),
         num_frames=config.data.num_frames,
         sampling_rate=config.data.sampling_rate, img_size=config.data.img_size,
-        seed=config.seed, worker_count=config.data.worker_count, **options)
+        seed=config.seed, worker_count=config.data.worker_count,
+        rows=global_order.process_rows(sharding.batch_sharding(self.mesh), global_batch),
+        start_record=start_record, **options)
     return iter(dataset)
+
+  def _resume(self):
+    """Restores the latest checkpoint; returns (train iterator, step).
+
+    grain keeps one iterator state per process. When the checkpoint was written by another
+    number of processes that state cannot be restored; the data stream, which does not depend on
+    the process count, is then re-entered at the record the checkpoint's step has reached.
+    """
+    saved_count = self.checkpointer.data_process_count()
+    if saved_count == jax.process_count():
+      train_iter = self._train_iterator()
+      self.state, _, start = self.checkpointer.restore(_abstract(self.state), train_iter)
+      return train_iter, start
+    self.state, meta, start = self.checkpointer.restore(_abstract(self.state))
+    saved = meta.get("config") or {}
+    views = saved.get("data", {}).get("num_views", 1) if self.pretrain else 1
+    start_record = start * int(saved.get("batch_size", self.config.batch_size)) // max(views, 1)
+    logging.warning(
+        "data iterator state of step %d was saved by %s process(es), this run has %d: grain "
+        "iterator state is per process and cannot be carried across a changed process count; "
+        "continuing the process-count-invariant data stream at record %d instead (exact unless "
+        "corrupt records were skipped)", start, saved_count or "no", jax.process_count(),
+        start_record)
+    return self._train_iterator(start_record), start
 
   def _meta(self, step: int, extra: Optional[dict] = None) -> dict:
     info = self.info
@@ -218,13 +278,13 @@ class Trainer:
   # ------------------------------------------------------------------------------------- run
   def run(self) -> dict:
     config = self.config
-    train_iter = self._train_iterator()
     start = 0
     if self.checkpointer.latest_step() is not None:
-      self.state, meta, start = self.checkpointer.restore(_abstract(self.state), train_iter)
+      train_iter, start = self._resume()
       self.writer.truncate_after(start)
       logging.info("resumed from step %d of %s", start, self.workdir)
     else:
+      train_iter = self._train_iterator()
       self.writer.write_meta(self._meta(0, {"init_from": config.init_from,
                                             "init_report": self.init_report and
                                             self.init_report.summary()}))
@@ -290,14 +350,20 @@ class Trainer:
           f"(updates were skipped); lower optim.lr, enable optim.clip_grad or check the data")
 
   def _write_reconstruction(self, step, batch):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
     from svfap_jax import visualize  # pylint: disable=g-import-not-at-top
+    # Every process joins the gather: parameters may be sharded across processes.
+    params = jax.tree_util.tree_map(sharding.global_to_host, self.state.params)
     if jax.process_index() != 0:
       return
-    params = jax.device_get(self.state.params)
-    path = os.path.join(self.workdir, "reconstructions", f"step_{step:07d}.png")
     image = visualize.reconstruction_grid(self.module, params, self.spec, batch["video"][:2],
                                           mask_ratio=self.config.mask.ratio, seed=step,
-                                          path=path)
+                                          normalize_target=self.config.mask.normalize_target)
+    directory = epath.Path(self.workdir) / "reconstructions"  # local or gs://
+    directory.mkdir(parents=True, exist_ok=True)
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    (directory / f"step_{step:07d}.png").write_bytes(png.getvalue())
     self.writer.write_image("reconstruction", image, step)
 
   # ------------------------------------------------------------------------------- evaluation

