@@ -14,7 +14,7 @@ Consequences:
   * 1 process x 8 devices and 2 processes x 4 devices train on identical global batches (same
     clips, same temporal windows and crops: the per-record random draws are keyed by the record's
     position in the global stream), so their losses agree.
-  * Processes read disjoint records, and with one process the batches equal those of
+  * Within an epoch processes read disjoint records; with one process the batches equal those of
     `grain_pipeline.make_pipeline(..., shard_index=0, shard_count=1)` exactly.
   * A position in the stream is a record count, valid for any process count: a run resumed with
     another number of processes continues at `start_record` where the old run stopped.

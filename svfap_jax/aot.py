@@ -335,9 +335,15 @@ def format_report(result: dict) -> str:
 
 def _parse(argv: Sequence[str]):
   from svfap_jax.train import main as train_main  # pylint: disable=g-import-not-at-top
+  renames = {"--batch-per-device": "--batch_per_device", "--num-outputs": "--num_outputs",
+             "--host-crop": "--host_crop"}
+  argv = ["svfap compile"] + [
+      next((a.replace(k, v, 1) for k, v in renames.items() if a.startswith(k)), a)
+      for a in train_main._locate_config(argv)]  # pylint: disable=protected-access
   fv = flags.FlagValues()
+  # sys_argv: the --config.* overrides are found in these arguments, not in sys.argv.
   config_flags.DEFINE_config_file("config", None, "run config (configs/*.py[:args])",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("topology", None, "v4-32 | v5e-8 | v5p-16 | v6e-8 | gpu-h100x8 | cpu:8",
                       flag_values=fv)
   flags.DEFINE_integer("batch_per_device", None,
@@ -350,11 +356,7 @@ def _parse(argv: Sequence[str]):
   flags.DEFINE_bool("proxy", False, "compile on fake CPU devices even if the target is here",
                     flag_values=fv)
   flags.DEFINE_bool("json", False, "print one JSON object", flag_values=fv)
-  renames = {"--batch-per-device": "--batch_per_device", "--num-outputs": "--num_outputs",
-             "--host-crop": "--host_crop"}
-  argv = [next((a.replace(k, v, 1) for k, v in renames.items() if a.startswith(k)), a)
-          for a in train_main._locate_config(argv)]  # pylint: disable=protected-access
-  fv(["svfap compile"] + argv)
+  fv(argv)
   if fv.config is None or not fv.topology:
     raise SystemExit("svfap compile: --config and --topology are required")
   return fv
