@@ -31,6 +31,8 @@
 #
 # --dry-run prints the environment and commands instead of running them.
 set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -52,23 +54,6 @@ usage: launch/gpu.sh [options] [-- ARGS for python -m svfap_jax]
   --dry-run                   print instead of running
   -h, --help                  this text
 EOF
-}
-
-die() {
-  echo "gpu.sh: $*" >&2
-  exit 2
-}
-
-quote() {
-  local arg out=""
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+%^-]+$ ]]; then
-      out+=" $arg"
-    else
-      out+=" '${arg//\'/\'\\\'\'}'"
-    fi
-  done
-  printf '%s' "${out# }"
 }
 
 COMMAND="pretrain"

@@ -17,6 +17,8 @@
 #
 # --dry-run prints the sbatch script and the submit command instead.
 set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -47,23 +49,6 @@ run:
   --dry-run               print the script and the sbatch command instead of submitting
   -h, --help              this text
 EOF
-}
-
-die() {
-  echo "slurm.sh: $*" >&2
-  exit 2
-}
-
-quote() {
-  local arg out=""
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+%^-]+$ ]]; then
-      out+=" $arg"
-    else
-      out+=" '${arg//\'/\'\\\'\'}'"
-    fi
-  done
-  printf '%s' "${out# }"
 }
 
 NODES=1

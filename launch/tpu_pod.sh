@@ -15,6 +15,8 @@
 #
 # --dry-run prints every command instead of running it.
 set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -48,24 +50,7 @@ actions instead of a run:
 EOF
 }
 
-die() {
-  echo "tpu_pod.sh: $*" >&2
-  exit 2
-}
-
 # Prints arguments as one shell-reusable line.
-quote() {
-  local arg out=""
-  for arg in "$@"; do
-    if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+%^-]+$ ]]; then
-      out+=" $arg"
-    else
-      out+=" '${arg//\'/\'\\\'\'}'"
-    fi
-  done
-  printf '%s' "${out# }"
-}
-
 DRY_RUN=0
 run() {
   if ((DRY_RUN)); then
