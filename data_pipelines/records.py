@@ -516,9 +516,9 @@ def iter_shard(path: str, stats: Optional[ReadStats] = None,
   skip is counted in `stats` and logged.
   """
   stats = stats if stats is not None else ReadStats()
-  file_size = os.path.getsize(path)
+  file_size = _size(path)
   index = 0
-  with open(path, "rb") as f:
+  with _open(path, "rb") as f:
     pos = 0
     while pos < file_size:
       f.seek(pos)
@@ -567,8 +567,8 @@ def scan_framing(path: str) -> tuple[list[int], list[int]]:
     CorruptRecordError: a damaged header or a record cut short.
   """
   offsets, lengths = [], []
-  file_size = os.path.getsize(path)
-  with open(path, "rb") as f:
+  file_size = _size(path)
+  with _open(path, "rb") as f:
     pos = 0
     while pos < file_size:
       f.seek(pos)
@@ -590,6 +590,44 @@ def scan_framing(path: str) -> tuple[list[int], list[int]]:
 # Shards, indices and dataset info.
 # ------------------------------------------------------------------------------------------------
 
+def is_local(path: str) -> bool:
+  """True for plain filesystem paths; URLs such as gs://bucket/x go through etils.epath."""
+  return "://" not in os.fspath(path)
+
+
+def _open(path: str, mode: str = "r"):
+  if is_local(path):
+    return open(path, mode)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path).open(mode)
+
+
+def _exists(path: str) -> bool:
+  if is_local(path):
+    return os.path.exists(path)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path).exists()
+
+
+def _size(path: str) -> int:
+  if is_local(path):
+    return os.path.getsize(path)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return int(epath.Path(path).stat().length)
+
+
+def _glob(directory: str, pattern: str) -> list[str]:
+  """Paths in `directory` matching a glob `pattern` (no directory parts in the pattern)."""
+  if is_local(directory):
+    return glob.glob(os.path.join(glob.escape(directory), pattern))
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return [os.fspath(p) for p in epath.Path(directory).glob(pattern)]
+
+
+def _join(directory: str, name: str) -> str:
+  return os.path.join(directory, name) if is_local(directory) else f"{directory.rstrip('/')}/{name}"
+
+
 _SHARD_RE = re.compile(r"^(?P<split>.+)\.tfrecord-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 
 
@@ -609,7 +647,7 @@ def find_shards(dataset_dir: str, split: str) -> list[str]:
     FileNotFoundError: no shards, or some of the numbered set are missing.
     ValueError: shards of several different counts (a re-prepare with another count left old ones).
   """
-  paths = glob.glob(os.path.join(glob.escape(dataset_dir), glob.escape(split) + ".tfrecord-*"))
+  paths = _glob(dataset_dir, glob.escape(split) + ".tfrecord-*")
   shards = {}
   for p in paths:
     parsed = parse_shard_name(p)
@@ -631,12 +669,12 @@ def find_shards(dataset_dir: str, split: str) -> list[str]:
   if missing:
     raise FileNotFoundError(f"{dataset_dir}: split {split!r} lacks shard(s) {', '.join(missing)}; "
                             "re-run prepare to complete it")
-  return [os.path.join(dataset_dir, shard_name(split, i, n)) for i in range(n)]
+  return [_join(dataset_dir, shard_name(split, i, n)) for i in range(n)]
 
 
 def list_splits(dataset_dir: str) -> list[str]:
   names = set()
-  for p in glob.glob(os.path.join(glob.escape(dataset_dir), "*.tfrecord-*")):
+  for p in _glob(dataset_dir, "*.tfrecord-*"):
     parsed = parse_shard_name(p)
     if parsed:
       names.add(parsed[0])
@@ -660,10 +698,10 @@ def read_index(shard_path: str) -> dict:
     FileNotFoundError / ValueError: missing or malformed index, naming the file.
   """
   path = shard_path + INDEX_SUFFIX
-  if not os.path.exists(path):
+  if not _exists(path):
     raise FileNotFoundError(f"{path} is missing: the shard was not finished; re-run prepare")
   try:
-    with open(path) as f:
+    with _open(path) as f:
       index = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{path} is not a readable index ({e}); re-run prepare") from e
@@ -677,11 +715,11 @@ def read_index(shard_path: str) -> dict:
 
 
 def load_info(dataset_dir: str) -> dict:
-  path = os.path.join(dataset_dir, INFO_FILE)
-  if not os.path.exists(path):
+  path = _join(dataset_dir, INFO_FILE)
+  if not _exists(path):
     raise FileNotFoundError(f"{path} is missing; run `python -m svfap_jax prepare` into "
                             f"{dataset_dir} first")
-  with open(path) as f:
+  with _open(path) as f:
     return json.load(f)
 
 
@@ -766,6 +804,7 @@ class ClipDataSource:
   def __getstate__(self):
     state = self.__dict__.copy()
     state["_fds"] = {}
+    state["_remote"] = {}
     state["_lock"] = None
     return state
 
@@ -791,6 +830,16 @@ class ClipDataSource:
           self._fds[shard] = fd
     return fd
 
+  def _read_remote(self, shard: int, offset: int, size: int) -> bytes:
+    """One ranged read through etils.epath (gs:// and other URLs); one open file per shard."""
+    with self._lock:
+      files = self.__dict__.setdefault("_remote", {})
+      f = files.get(shard)
+      if f is None:
+        f = files[shard] = _open(self._shards[shard], "rb")
+      f.seek(offset)
+      return f.read(size)
+
   def location(self, i: int) -> tuple[str, int, int]:
     """(shard path, record index in the shard, byte offset) of record i."""
     return self._shards[int(self._shard_of[i])], int(self._record[i]), int(self._offset[i])
@@ -803,7 +852,11 @@ class ClipDataSource:
     i %= len(self)
     shard = int(self._shard_of[i])
     offset, length = int(self._offset[i]), int(self._length[i])
-    buf = os.pread(self._fd(shard), _HEADER + length + _FOOTER, offset)
+    size = _HEADER + length + _FOOTER
+    if is_local(self._shards[shard]):
+      buf = os.pread(self._fd(shard), size, offset)
+    else:
+      buf = self._read_remote(shard, offset, size)
     return unframe(self._shards[shard], int(self._record[i]), offset, buf, length)
 
   def __getitem__(self, i: int) -> dict[str, Any]:

@@ -105,23 +105,42 @@ class Identity:
   pose_freq: float
   pose_phase: tuple[float, float, float]
   talk: float
+  turn: float = 0.15       # largest resting yaw (radians)
+  tilt: float = 0.08       # largest resting roll (radians)
 
 
 def _color(rng, lo, hi) -> np.ndarray:
   return rng.uniform(lo, hi).astype(np.float32)
 
 
-def sample_identity(rng: np.random.Generator) -> Identity:
+VARIATIONS = ("full", "studio")
+
+
+def sample_identity(rng: np.random.Generator, variation: str = "full") -> Identity:
+  """A random appearance and motion style.
+
+  `variation="full"` draws cluttered backgrounds, strong lighting and head motion; "studio" keeps
+  the identity (skin, hair, face geometry, eye colour, clothes) as varied but films it the way
+  lab datasets such as CREMA-D or RAVDESS are filmed: plain backdrop, even light, a larger face
+  and little head motion, so that expression is the dominant change between clips.
+  """
+  if variation not in VARIATIONS:
+    raise ValueError(f"variation must be one of {VARIATIONS}, got {variation!r}")
+  studio = variation == "studio"
   tone = rng.uniform(0, 1)
   skin = np.array([255 - 120 * tone, 215 - 125 * tone, 185 - 120 * tone], np.float32)
   skin = np.clip(skin + rng.normal(0, 8, 3), 30, 255).astype(np.float32)
   hair_base = [np.array(c, np.float32) for c in
                ([30, 22, 18], [90, 60, 35], [200, 170, 110], [150, 150, 150], [120, 40, 20])]
   hair = np.clip(hair_base[rng.integers(len(hair_base))] + rng.normal(0, 10, 3), 0, 255)
-  face_w = rng.uniform(0.22, 0.27)
+  face_w = rng.uniform(0.3, 0.33) if studio else rng.uniform(0.22, 0.27)
+  jitter_x, jitter_y = (0.02, 0.02) if studio else (0.05, 0.04)
+  # Keyword arguments are evaluated in order: the "full" draws keep their historical sequence,
+  # so a seed gives the same clip as before "studio" existed.
   return Identity(
       face_w=face_w, face_h=face_w * rng.uniform(1.2, 1.4),
-      center=(0.5 + rng.uniform(-0.05, 0.05), 0.47 + rng.uniform(-0.04, 0.04)),
+      center=(0.5 + rng.uniform(-jitter_x, jitter_x),
+              (0.45 if studio else 0.47) + rng.uniform(-jitter_y, jitter_y)),
       skin=skin, hair=hair.astype(np.float32), hair_style=int(rng.integers(3)),
       eye_dx=rng.uniform(0.36, 0.44), eye_y=rng.uniform(-0.2, -0.1), eye_w=rng.uniform(0.19, 0.24),
       iris=_color(rng, [20, 20, 10], [120, 140, 110]),
@@ -131,15 +150,26 @@ def sample_identity(rng: np.random.Generator) -> Identity:
       lips=np.clip(skin * np.array([0.85, 0.55, 0.55]) + rng.normal(0, 6, 3), 0, 255
                    ).astype(np.float32),
       shirt=_color(rng, [0, 0, 0], [255, 255, 255]),
-      bg_a=_color(rng, [0, 0, 0], [255, 255, 255]), bg_b=_color(rng, [0, 0, 0], [255, 255, 255]),
+      bg_a=(backdrop := _color(rng, [70, 70, 70], [200, 200, 200])) if studio
+      else _color(rng, [0, 0, 0], [255, 255, 255]),
+      bg_b=np.clip(backdrop + rng.normal(0, 12, 3), 0, 255).astype(np.float32) if studio
+      else _color(rng, [0, 0, 0], [255, 255, 255]),
       bg_angle=rng.uniform(0, np.pi),
-      bg_blobs=[(rng.uniform(0, 1, 2), rng.uniform(0.05, 0.25, 2), rng.uniform(0, 180),
-                 _color(rng, [0, 0, 0], [255, 255, 255])) for _ in range(int(rng.integers(2, 6)))],
-      light_dir=rng.uniform(0, 2 * np.pi), light_strength=rng.uniform(0.0, 0.35),
-      brightness=rng.uniform(0.8, 1.15), noise=rng.uniform(0.5, 2.0),
-      yaw_amp=rng.uniform(0.05, 0.35), roll_amp=rng.uniform(0.0, 0.2),
-      drift=rng.uniform(0.0, 0.04), pose_freq=rng.uniform(0.3, 1.2),
-      pose_phase=tuple(rng.uniform(0, 2 * np.pi, 3)), talk=float(rng.uniform(0, 0.12)),
+      bg_blobs=[] if studio else [
+          (rng.uniform(0, 1, 2), rng.uniform(0.05, 0.25, 2), rng.uniform(0, 180),
+           _color(rng, [0, 0, 0], [255, 255, 255])) for _ in range(int(rng.integers(2, 6)))],
+      light_dir=rng.uniform(0, 2 * np.pi),
+      light_strength=rng.uniform(0.0, 0.08 if studio else 0.35),
+      brightness=rng.uniform(0.95, 1.05) if studio else rng.uniform(0.8, 1.15),
+      noise=rng.uniform(0.5, 1.0) if studio else rng.uniform(0.5, 2.0),
+      yaw_amp=rng.uniform(0.0, 0.08) if studio else rng.uniform(0.05, 0.35),
+      roll_amp=rng.uniform(0.0, 0.04) if studio else rng.uniform(0.0, 0.2),
+      drift=rng.uniform(0.0, 0.01) if studio else rng.uniform(0.0, 0.04),
+      pose_freq=rng.uniform(0.3, 1.2),
+      pose_phase=tuple(rng.uniform(0, 2 * np.pi, 3)),
+      talk=float(rng.uniform(0, 0.05 if studio else 0.12)),
+      turn=0.04 if studio else 0.15,
+      tilt=0.02 if studio else 0.08,
   )
 
 
@@ -147,7 +177,8 @@ def pose_track(identity: Identity, num_frames: int, rng: np.random.Generator) ->
   """(T, 5) per-frame yaw, roll (radians), dx, dy (frame fractions), scale."""
   t = np.linspace(0, 1, num_frames) * 2 * np.pi * identity.pose_freq
   p = identity.pose_phase
-  yaw0, roll0 = rng.uniform(-0.15, 0.15), rng.uniform(-0.08, 0.08)
+  yaw0 = rng.uniform(-identity.turn, identity.turn)
+  roll0 = rng.uniform(-identity.tilt, identity.tilt)
   yaw = yaw0 + identity.yaw_amp * np.sin(t + p[0])
   roll = roll0 + identity.roll_amp * np.sin(0.7 * t + p[1])
   dx = identity.drift * np.sin(0.5 * t + p[2])
@@ -438,12 +469,13 @@ class SyntheticClip:
   arousal: float
 
 
-def make_clip(emotion, num_frames: int, size: int, rng: np.random.Generator) -> SyntheticClip:
+def make_clip(emotion, num_frames: int, size: int, rng: np.random.Generator,
+              variation: str = "full") -> SyntheticClip:
   """A random identity showing `emotion` (neutral -> apex -> partial release), with its labels."""
   e = emotion_index(emotion)
   intensity = float(rng.uniform(0.7, 1.0))
   schedule = expression_schedule(e, num_frames, rng, intensity)
-  frames = render_frames(schedule, size, rng)
+  frames = render_frames(schedule, size, rng, identity=sample_identity(rng, variation))
   v, a = valence_arousal(e, intensity, rng)
   return SyntheticClip(frames, e, intensity, v, a)
 
@@ -465,12 +497,12 @@ def _write_lines(path: str, lines: Sequence[str]) -> str:
 
 
 def _settings(num_clips_per_class, num_frames, size, seed, folds, test_fraction, fps=25.0,
-              write_videos=True, write_frames=True, jpeg_quality=95) -> dict:
+              write_videos=True, write_frames=True, jpeg_quality=95, variation="full") -> dict:
   """What a raw synthetic dataset was written with (decides whether it can be reused)."""
   return {"num_clips_per_class": num_clips_per_class, "num_frames": num_frames, "size": size,
           "seed": seed, "folds": folds, "test_fraction": test_fraction, "fps": fps,
           "write_videos": write_videos, "write_frames": write_frames,
-          "jpeg_quality": jpeg_quality}
+          "jpeg_quality": jpeg_quality, "variation": variation}
 
 
 def _fold_of(j: int, n: int, folds: int, test_fraction: float) -> int:
@@ -481,10 +513,39 @@ def _fold_of(j: int, n: int, folds: int, test_fraction: float) -> int:
   return 1 if j >= n - n_test else 0
 
 
+def _write_clip(job: dict) -> dict:
+  """Renders clip `job["i"]` from its own seed and writes its frames and/or video; returns its
+  annotation (clips are independent, so any number of processes give the same files)."""
+  from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
+
+  i = job["i"]
+  emotion = (i - 1) % len(EMOTIONS)
+  clip = make_clip(emotion, job["num_frames"], job["size"], np.random.default_rng([job["seed"], i]),
+                   job["variation"])
+  name = f"{i:05d}"
+  if job["frames_root"]:
+    folder = os.path.join(job["frames_root"], name)
+    os.makedirs(folder, exist_ok=True)
+    for t, frame in enumerate(clip.frames, 1):
+      ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                             [cv2.IMWRITE_JPEG_QUALITY, job["jpeg_quality"]])
+      if not ok:
+        raise RuntimeError(f"JPEG encoding failed for frame {t} of clip {name}")
+      with open(os.path.join(folder, f"{t:05d}.jpg"), "wb") as f:
+        f.write(buf.tobytes())
+  if job["video_root"]:
+    os.makedirs(job["video_root"], exist_ok=True)
+    video_io.write_video(os.path.join(job["video_root"], name + ".mp4"), clip.frames, job["fps"],
+                         job["codec"])
+  return {"id": name, "emotion": emotion, "emotion_name": EMOTIONS[emotion],
+          "intensity": round(clip.intensity, 4), "valence": round(clip.valence, 4),
+          "arousal": round(clip.arousal, 4)}
+
+
 def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 24, size: int = 96,
                   seed: int = 0, folds: int = 1, test_fraction: float = 0.25, fps: float = 25.0,
                   write_videos: bool = True, write_frames: bool = True,
-                  jpeg_quality: int = 95) -> dict:
+                  jpeg_quality: int = 95, variation: str = "full", workers: int = 1) -> dict:
   """Writes a DFEW-like synthetic dataset (mp4 files and/or JPEG frame folders + lists).
 
   Layout (clip ids 00001, 00002, ...; class of clip i = (i - 1) % 7):
@@ -497,6 +558,9 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
     annotations.json                                 per-clip emotion, intensity, valence, arousal
   List paths are relative to the list's folder. With folds == 1 a `test_fraction` of every class
   is the test split of fold 1; with folds > 1 every clip is in the test split of exactly one fold.
+  `variation` is "full" or "studio" (see `sample_identity`); `workers` > 1 renders clips in that
+  many processes (same files as one; a script calling this needs the usual
+  `if __name__ == "__main__":` guard where Python starts processes by spawning).
 
   Returns:
     {"root", "lists": {fold: {split: path}}, "video_lists", "va_lists", "num_clips", "codec"}.
@@ -508,31 +572,19 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   frames_root = os.path.join(out_dir, "Clip", "frames")
   video_root = os.path.join(out_dir, "Clip", "original")
   codec = video_io.available_encoder() if write_videos else None
-  annotations = []
   total = num_clips_per_class * len(EMOTIONS)
-  for i in range(1, total + 1):
-    emotion = (i - 1) % len(EMOTIONS)
-    clip_rng = np.random.default_rng([seed, i])
-    clip = make_clip(emotion, num_frames, size, clip_rng)
-    name = f"{i:05d}"
-    if write_frames:
-      folder = os.path.join(frames_root, name)
-      os.makedirs(folder, exist_ok=True)
-      for t, frame in enumerate(clip.frames, 1):
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-        if not ok:
-          raise RuntimeError(f"JPEG encoding failed for frame {t} of clip {name}")
-        with open(os.path.join(folder, f"{t:05d}.jpg"), "wb") as f:
-          f.write(buf.tobytes())
-    if write_videos:
-      os.makedirs(video_root, exist_ok=True)
-      video_io.write_video(os.path.join(video_root, name + ".mp4"), clip.frames, fps, codec)
-    annotations.append({"id": name, "emotion": emotion, "emotion_name": EMOTIONS[emotion],
-                        "intensity": round(clip.intensity, 4), "valence": round(clip.valence, 4),
-                        "arousal": round(clip.arousal, 4),
-                        "fold": _fold_of((i - 1) // len(EMOTIONS), num_clips_per_class, folds,
-                                        test_fraction)})
+  jobs = [dict(i=i, seed=seed, num_frames=num_frames, size=size, variation=variation,
+               frames_root=frames_root if write_frames else None,
+               video_root=video_root if write_videos else None, fps=fps, codec=codec,
+               jpeg_quality=jpeg_quality) for i in range(1, total + 1)]
+  if workers > 1:
+    import concurrent.futures  # pylint: disable=g-import-not-at-top
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+      annotations = list(pool.map(_write_clip, jobs, chunksize=4))
+  else:
+    annotations = [_write_clip(job) for job in jobs]
+  for i, a in enumerate(annotations):
+    a["fold"] = _fold_of(i // len(EMOTIONS), num_clips_per_class, folds, test_fraction)
   lists: dict[int, dict[str, str]] = {}
   video_lists: dict[int, dict[str, str]] = {}
   va_lists: dict[int, dict[str, str]] = {}
@@ -565,7 +617,7 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   with open(os.path.join(out_dir, "annotations.json"), "w") as f:
     json.dump({"emotions": list(EMOTIONS), "settings": _settings(
         num_clips_per_class, num_frames, size, seed, folds, test_fraction, fps, write_videos,
-        write_frames, jpeg_quality), "clips": annotations}, f, indent=1)
+        write_frames, jpeg_quality, variation), "clips": annotations}, f, indent=1)
   return {"root": out_dir, "lists": lists, "video_lists": video_lists, "va_lists": va_lists,
           "num_clips": total, "codec": codec}
 
@@ -575,13 +627,15 @@ def make_synthetic_dataset(out_dir: str, num_clips_per_class: int = 8, num_frame
                            test_fraction: float = 0.25, source: str = "frames",
                            short_side: Optional[int] = None, face_crop: bool = False,
                            workers: int = 1, num_shards: Optional[int] = None,
-                           with_values: bool = True, quiet: bool = True) -> str:
+                           with_values: bool = True, quiet: bool = True,
+                           variation: str = "full") -> str:
   """Synthetic clips -> prepared face-clip dataset in one call; returns the prepared directory.
 
   Writes the raw dataset to `out_dir/raw` (see `write_dataset`) and prepares fold `fold` into
   `out_dir/prepared` (splits "train" and "test", 7 DFEW classes, valence/arousal values when
-  `with_values`). `source` picks the frame folders ("frames") or the mp4 files ("video"). Calling
-  it again with the same arguments reuses what is there.
+  `with_values`). `source` picks the frame folders ("frames") or the mp4 files ("video"),
+  `variation` the appearance spread (see `sample_identity`). Calling it again with the same
+  arguments reuses what is there.
   """
   from data_pipelines import build  # pylint: disable=g-import-not-at-top
 
@@ -591,13 +645,13 @@ def make_synthetic_dataset(out_dir: str, num_clips_per_class: int = 8, num_frame
   prepared = os.path.join(out_dir, "prepared")
   marker = os.path.join(raw_dir, "annotations.json")
   settings = dict(num_clips_per_class=num_clips_per_class, num_frames=num_frames, size=size,
-                  seed=seed, folds=folds, test_fraction=test_fraction)
+                  seed=seed, folds=folds, test_fraction=test_fraction, variation=variation)
   existing = None
   if os.path.exists(marker):
     with open(marker) as f:
       existing = json.load(f).get("settings")
   if existing != _settings(**settings):
-    write_dataset(raw_dir, **settings)
+    write_dataset(raw_dir, workers=workers, **settings)
   list_dir = os.path.join(raw_dir, "lists", f"split{fold:02d}")
   suffix = "" if source == "frames" else "_video"
   argv = ["--out", prepared, "--label-names", ",".join(EMOTIONS),

@@ -31,13 +31,41 @@ def _curves_png(runs: dict[str, str], path: str) -> None:
   plt.close(fig)
 
 
+def apply_overrides(config, overrides) -> None:
+  """Applies "[mode:]a.b=value" strings to `config` (value parsed as a Python literal, else kept
+  as a string); a "pretrain:" or "finetune:" prefix limits an override to that mode's config."""
+  import ast  # pylint: disable=g-import-not-at-top
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep:
+      raise ValueError(f"--config-override expects [MODE:]KEY=VALUE, got {item!r}")
+    mode, colon, rest = key.partition(":")
+    if colon:
+      if mode not in ("pretrain", "finetune"):
+        raise ValueError(f"--config-override {item!r}: prefix must be pretrain: or finetune:")
+      if mode != config.mode:
+        continue
+      key = rest
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    config.update_from_flattened_dict({key: value})
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="svfap demo", description=__doc__)
   parser.add_argument("--out", default="demo_out")
-  parser.add_argument("--clips-per-class", type=int, default=40)
+  parser.add_argument("--clips-per-class", type=int, default=150)
   parser.add_argument("--pretrain-steps", type=int, default=0, help="0 = configs/demo.py value")
   parser.add_argument("--finetune-steps", type=int, default=0, help="0 = configs/demo.py value")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--variation", default="studio", choices=("studio", "full"),
+                      help="appearance spread of the synthetic faces (data_pipelines/synthetic.py)")
+  parser.add_argument("--workers", type=int, default=2, help="processes for data writing")
+  parser.add_argument("--config-override", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a field of both demo configs (e.g. data.worker_count=8) or, "
+                      "prefixed, of one (finetune:optim.lr=0.002)")
   args = parser.parse_args(argv)
 
   from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
@@ -51,13 +79,15 @@ def main(argv=None) -> int:
   print(f"[demo] writing synthetic face clips to {out}/data", flush=True)
   data_dir = make_synthetic_dataset(os.path.join(out, "data"),
                                     num_clips_per_class=args.clips_per_class, num_frames=40,
-                                    size=112, seed=args.seed, workers=2)
+                                    size=112, seed=args.seed, workers=args.workers,
+                                    variation=args.variation)
   timings["data_s"] = time.time() - t0
 
   runs = {}
   pre = demo_config.get_config("pretrain")
   pre.data.dir = data_dir
   pre.seed = args.seed
+  apply_overrides(pre, args.config_override)
   if args.pretrain_steps:
     pre.total_steps = args.pretrain_steps
   runs["pretrain"] = os.path.join(out, "pretrain")
@@ -71,6 +101,7 @@ def main(argv=None) -> int:
     ft = demo_config.get_config("finetune")
     ft.data.dir = data_dir
     ft.seed = args.seed
+    apply_overrides(ft, args.config_override)
     ft.init_from = init
     if args.finetune_steps:
       ft.total_steps = args.finetune_steps

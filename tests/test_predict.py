@@ -392,3 +392,45 @@ def test_labels_follow_expression_segments(segment_model, tmp_path):
   # All three are right in our runs; the tolerance (two of three) absorbs a from-scratch CPU
   # fine-tune that lands differently on another machine.
   assert correct >= 2, (majorities, [w["label"] for w in result["windows"]])
+
+
+# ------------------------------------------------------------------------------------------------
+# The model `make demo` fine-tunes follows expression segments too.
+# ------------------------------------------------------------------------------------------------
+
+DEMO_SEGMENTS = (("happy", 64), ("surprise", 64), ("sad", 64))
+
+
+def _demo_run() -> pathlib.Path:
+  """The pretrained-then-fine-tuned run of `make demo` (SVFAP_DEMO_OUT, default ./demo_out)."""
+  out = pathlib.Path(os.environ.get("SVFAP_DEMO_OUT", ROOT / "demo_out"))
+  run = out / "finetune_pretrained"
+  if not (run / "report.json").exists():
+    pytest.skip(f"no finished `make demo` run in {out} (run `make demo` first, or point "
+                "SVFAP_DEMO_OUT at one)")
+  return run
+
+
+def test_demo_model_labels_follow_expression_segments(tmp_path):
+  """A person the demo never saw, filmed like the demo's clips, changes expression twice.
+
+  The three expressions are ones whose apex the drawn faces make unmistakable (open smile,
+  round open mouth with raised brows, downturned mouth with tilted brows); every window lies
+  inside one segment, and the majority label of each segment must be that segment's expression.
+  """
+  run = _demo_run()
+  rng = np.random.default_rng(20261122)
+  identity = synthetic.sample_identity(rng, "studio")
+  schedule, _ = synthetic.segment_schedule(list(DEMO_SEGMENTS), rng)
+  frames = synthetic.render_frames(schedule, 112, rng, identity=identity)
+  path = str(tmp_path / "three_segments.mp4")
+  video_io.write_video(path, frames, 25.0)
+  result = predict.predict(str(run), path, stride=8)[0]
+  assert result["preprocessing"]["face_crop"] is False
+  bounds = np.cumsum([0] + [n for _, n in DEMO_SEGMENTS])
+  majorities = []
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    inside = [w["label"] for w in result["windows"] if w["start_frame"] >= a and w["end_frame"] < b]
+    assert inside, (a, b)
+    majorities.append(collections.Counter(inside).most_common(1)[0][0])
+  assert majorities == [e for e, _ in DEMO_SEGMENTS], [w["label"] for w in result["windows"]]

@@ -128,3 +128,20 @@ def test_bad_config_fails_before_compiling(dataset, tmp_path):
   assert "mask.ratio=1.5" in proc.stderr and "data.num_frames=8" in proc.stderr
   proc = _run("pretrain", tmp_path / "bad2", dataset, "--config.no_such_field=1", check=False)
   assert proc.returncode != 0 and "no_such_field" in proc.stderr
+
+
+def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
+  """`make demo` wiring at toy size: data, pretraining, both fine-tunings, the report files."""
+  out = tmp_path / "demo"
+  argv = [sys.executable, "-m", "svfap_jax", "demo", "--out", str(out), "--clips-per-class", "2",
+          "--pretrain-steps", "2", "--finetune-steps", "2", "--workers", "1",
+          "--config-override", "finetune:batch_size=4", "--config-override", "pretrain:batch_size=4"]
+  proc = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  report = json.loads((out / "report.json").read_text())
+  assert report["num_classes"] == 7 and report["train_clips"] + report["test_clips"] == 14
+  assert set(report["test"]) == {"finetune_pretrained", "finetune_scratch"}
+  assert json.loads((out / "finetune_pretrained" / "run_meta.json").read_text())["init_from"]
+  text = (out / "report.md").read_text()
+  assert "| finetune_pretrained |" in text and (out / "curves.png").stat().st_size > 0
+  assert f"report: {out / 'report.md'}" in proc.stdout

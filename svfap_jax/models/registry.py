@@ -100,8 +100,6 @@ MODELS: dict[str, ModelSpec] = {
                             img_size=64, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2),
     "vit_tiny": ModelSpec("vit", 64, 4, (3,), img_size=64, decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
-    "svfap_demo": ModelSpec("tpsbt", 128, 4, (2, 2, 1), num_bottleneck_tokens=4, spatial_hidden_dim=64,
-                            img_size=96, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2),
 }
 
 

@@ -11,6 +11,7 @@ import os
 from typing import Sequence
 
 from absl import flags
+import etils.epath as epath
 from ml_collections import config_flags
 
 _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -136,23 +137,22 @@ def kfold_main(argv):
   for fold in range(1, folds + 1):
     fold_config = config.copy_and_resolve_references()
     fold_config.fold = fold
-    workdir = os.path.join(fv.workdir, f"fold{fold}")
-    summary = loop.train(fold_config, workdir)
-    preds = _read_predictions(os.path.join(workdir, "test_last_predictions.csv"))
+    workdir = epath.Path(fv.workdir) / f"fold{fold}"
+    summary = loop.train(fold_config, os.fspath(workdir))
+    preds = _read_predictions(workdir / "test_last_predictions.csv")
     per_fold.append(preds)
     print(f"fold {fold}: {summary.get('test_last')}")
   pooled = metrics_lib.pool_folds(per_fold)
-  with open(os.path.join(fv.workdir, "kfold_report.json"), "w") as f:
-    json.dump(pooled, f, indent=2, default=float)
+  (epath.Path(fv.workdir) / "kfold_report.json").write_text(
+      json.dumps(pooled, indent=2, default=float))
   print(json.dumps(pooled, default=float))
   return 0
 
 
-def _read_predictions(path: str):
+def _read_predictions(path):
   import csv  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
+  rows = list(csv.DictReader(epath.Path(path).read_text().splitlines()))
   y_true = np.array([int(r["label"]) for r in rows])
   y_pred = np.array([int(r["predicted"]) for r in rows])
   return y_true, y_pred
