@@ -376,18 +376,24 @@ def segment_model(tmp_path_factory):
   return str(workdir)
 
 
+def _segment_majorities(result: dict, segments) -> list[str]:
+  """The most frequent window label inside each (emotion, num_frames) segment."""
+  bounds = np.cumsum([0] + [n for _, n in segments])
+  majorities = []
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    inside = [w["label"] for w in result["windows"] if w["start_frame"] >= a and w["end_frame"] < b]
+    assert inside, (a, b)
+    majorities.append(collections.Counter(inside).most_common(1)[0][0])
+  return majorities
+
+
 def test_labels_follow_expression_segments(segment_model, tmp_path):
   path = str(tmp_path / "three_segments.mp4")
   video_io.write_video(path, _three_segment_frames(np.random.default_rng(7)), 25.0)
   result = predict.predict(segment_model, path, stride=8)[0]
   assert result["preprocessing"]["face_crop"] is False  # the synthetic data was not face-cropped
   assert result["preprocessing"]["rate"] == 2           # the checkpoint's data.sampling_rate
-  bounds = np.cumsum([0] + [n for _, n in SEGMENTS])
-  majorities = []
-  for a, b in zip(bounds[:-1], bounds[1:]):
-    inside = [w["label"] for w in result["windows"] if w["start_frame"] >= a and w["end_frame"] < b]
-    assert inside, (a, b)
-    majorities.append(collections.Counter(inside).most_common(1)[0][0])
+  majorities = _segment_majorities(result, SEGMENTS)
   correct = sum(m == e for m, (e, _) in zip(majorities, SEGMENTS))
   # All three are right in our runs; the tolerance (two of three) absorbs a from-scratch CPU
   # fine-tune that lands differently on another machine.
@@ -427,10 +433,5 @@ def test_demo_model_labels_follow_expression_segments(tmp_path):
   video_io.write_video(path, frames, 25.0)
   result = predict.predict(str(run), path, stride=8)[0]
   assert result["preprocessing"]["face_crop"] is False
-  bounds = np.cumsum([0] + [n for _, n in DEMO_SEGMENTS])
-  majorities = []
-  for a, b in zip(bounds[:-1], bounds[1:]):
-    inside = [w["label"] for w in result["windows"] if w["start_frame"] >= a and w["end_frame"] < b]
-    assert inside, (a, b)
-    majorities.append(collections.Counter(inside).most_common(1)[0][0])
+  majorities = _segment_majorities(result, DEMO_SEGMENTS)
   assert majorities == [e for e, _ in DEMO_SEGMENTS], [w["label"] for w in result["windows"]]
