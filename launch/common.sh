@@ -19,3 +19,13 @@ quote() {
   done
   printf '%s' "${out# }"
 }
+
+# check_run_args COMMAND CONFIG WORKDIR: the checks every launcher makes before doing anything.
+check_run_args() {
+  [[ -n "$2" ]] || die "--config is required"
+  [[ -n "$3" ]] || die "--workdir is required"
+  case "$1" in
+    pretrain | finetune | kfold | evaluate) ;;
+    *) die "--command must be pretrain, finetune, kfold or evaluate (got $1)" ;;
+  esac
+}

@@ -94,12 +94,7 @@ while (($#)); do
   esac
 done
 
-[[ -n "$CONFIG" ]] || die "--config is required"
-[[ -n "$WORKDIR" ]] || die "--workdir is required"
-case "$COMMAND" in
-  pretrain | finetune | kfold | evaluate) ;;
-  *) die "--command must be pretrain, finetune, kfold or evaluate (got $COMMAND)" ;;
-esac
+check_run_args "$COMMAND" "$CONFIG" "$WORKDIR"
 [[ "$PER_HOST" =~ ^[0-9]+$ && "$NUM_HOSTS" =~ ^[1-9][0-9]*$ && "$HOST_RANK" =~ ^[0-9]+$ ]] ||
   die "--processes-per-host, --num-hosts and --host-rank take whole numbers"
 ((HOST_RANK < NUM_HOSTS)) || die "--host-rank $HOST_RANK must be below --num-hosts $NUM_HOSTS"

