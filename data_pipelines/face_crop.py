@@ -100,11 +100,21 @@ def detect_largest_face(frame: np.ndarray, spec: FaceCropSpec = FaceCropSpec()
 
 
 def _running(values: np.ndarray, window: int, fn) -> np.ndarray:
+  """`fn` over a centred window of `window` samples, edges padded."""
   if window <= 1 or len(values) < 2:
     return values
   k = window // 2
   padded = np.pad(values, (k, k), mode="edge")
   return fn(np.lib.stride_tricks.sliding_window_view(padded, 2 * k + 1), axis=-1)
+
+
+def smooth_boxes(boxes: np.ndarray, window: int) -> np.ndarray:
+  """(T, 3) per-frame (cx, cy, size) boxes through a running median, then a running mean: the
+  median drops single-frame detector jumps, the mean removes the remaining jitter."""
+  boxes = np.array(boxes, np.float64)
+  for j in range(boxes.shape[1]):
+    boxes[:, j] = _running(_running(boxes[:, j], window, np.median), window, np.mean)
+  return boxes
 
 
 def track_faces(frames: Sequence[np.ndarray], spec: FaceCropSpec = FaceCropSpec()
@@ -128,10 +138,7 @@ def track_faces(frames: Sequence[np.ndarray], spec: FaceCropSpec = FaceCropSpec(
   hits_arr = np.asarray(hits, np.float64)
   times = np.arange(t, dtype=np.float64)
   boxes = np.stack([np.interp(times, hits_t, hits_arr[:, j]) for j in range(3)], axis=1)
-  for j in range(3):
-    boxes[:, j] = _running(_running(boxes[:, j], spec.smooth_window, np.median),
-                           spec.smooth_window, np.mean)
-  return boxes, len(hits_t) / len(probe)
+  return smooth_boxes(boxes, spec.smooth_window), len(hits_t) / len(probe)
 
 
 def square_crop(frame: np.ndarray, cx: float, cy: float, side: float, out_size: int) -> np.ndarray:

@@ -792,6 +792,7 @@ class ClipDataSource:
     self._record = np.concatenate(record_ids)
     self.labels = np.concatenate(labels)
     self._fds: dict[int, int] = {}
+    self._remote: dict[int, Any] = {}  # open files of URL shards (etils.epath)
     self._lock = threading.Lock()
 
   def __len__(self) -> int:
@@ -833,10 +834,9 @@ class ClipDataSource:
   def _read_remote(self, shard: int, offset: int, size: int) -> bytes:
     """One ranged read through etils.epath (gs:// and other URLs); one open file per shard."""
     with self._lock:
-      files = self.__dict__.setdefault("_remote", {})
-      f = files.get(shard)
+      f = self._remote.get(shard)
       if f is None:
-        f = files[shard] = _open(self._shards[shard], "rb")
+        f = self._remote[shard] = _open(self._shards[shard], "rb")
       f.seek(offset)
       return f.read(size)
 

@@ -245,15 +245,6 @@ def _whole_frame_box(height: int, width: int, spec: faces.FaceCropSpec) -> np.nd
   return np.array([width / 2, height / 2 - spec.center_shift * size, size])
 
 
-def _running(values: np.ndarray, window: int, fn) -> np.ndarray:
-  """`fn` over a centred window of `window` samples, edges padded (the builder's smoothing)."""
-  if window <= 1 or len(values) < 2:
-    return values
-  k = window // 2
-  padded = np.pad(values, (k, k), mode="edge")
-  return fn(np.lib.stride_tricks.sliding_window_view(padded, 2 * k + 1), axis=-1)
-
-
 def track_faces(frames: Sequence[np.ndarray], spec: faces.FaceCropSpec, fps: float,
                 max_gap_s: float = MAX_INTERPOLATED_GAP_S) -> Optional[FaceTrack]:
   """Detects, fills and smooths the face box of every frame; None when no frame has a face.
@@ -291,10 +282,7 @@ def track_faces(frames: Sequence[np.ndarray], spec: faces.FaceCropSpec, fps: flo
     h, w = frames[0].shape[:2]
     boxes[:hit_t[0]] = _whole_frame_box(h, w, spec)
   # Trailing gaps already hold the last box (np.interp extends the edge value).
-  for j in range(3):
-    boxes[:, j] = _running(_running(boxes[:, j], spec.smooth_window, np.median),
-                           spec.smooth_window, np.mean)
-  return FaceTrack(boxes, detected)
+  return FaceTrack(faces.smooth_boxes(boxes, spec.smooth_window), detected)
 
 
 def crop_square(frame_shape: tuple, box: Optional[np.ndarray], prep: Preprocessing
