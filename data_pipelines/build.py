@@ -8,6 +8,11 @@ Usage (through `python -m svfap_jax prepare ...`, or `main(argv)`):
   prepare --list train.csv --split train --out DIR [--num-classes 7 | --label-names a,b,...]
   prepare --list train=lists/train.csv --list test=lists/test.csv --out DIR
 
+  # Lists numbered 1..K (DFEW's label files, many others): --label-base 1 stores them as 0..K-1.
+  # Lists in which no clip has class 0 are refused until --label-base says how they count
+  # (--label-base 0 keeps the numbers); dataset_info.json records the base.
+  prepare --list train=train.txt --list test=test.txt --label-base 1 --out DIR
+
   # Regression targets, "<path> <v1> <v2> ..." per line (valence/arousal, Big-Five, ...): clips
   # also in a --list of the same split get both a class and values, others get label -1.
   prepare --regression train=va_train.csv --value-names valence,arousal --out DIR
@@ -145,6 +150,9 @@ class Inputs:
   warnings: list[str] = dataclasses.field(default_factory=list)
   # True when no names were given and they were made up from the largest label seen.
   label_names_inferred: bool = False
+  # Per split: the numbers that denoted class 0 in its numeric source labels (1 for DFEW-style
+  # files; the stored class is the source label minus it); None stands for labels given by name.
+  label_base: dict[str, set] = dataclasses.field(default_factory=dict)
 
 
 class StrictStop(Exception):
@@ -193,8 +201,15 @@ def _read_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def read_label_list(path: str, split: str, num_classes: Optional[int], strict: bool,
-                    skipped: list) -> list[ClipTask]:
-  """Parses an original-format list: '<path> <label>' per line (label = last field)."""
+                    skipped: list, label_base: int = 0,
+                    out_of_range: Optional[list] = None) -> list[ClipTask]:
+  """Parses an original-format list: '<path> <label>' per line (label = last field).
+
+  Args:
+    label_base: the number that denotes class 0 in the list (0, or 1 for lists numbered 1..K);
+      stored classes are `label - label_base`. -1 always means "no class".
+    out_of_range: when given, collects the raw labels of lines skipped as out of range.
+  """
   base = os.path.dirname(os.path.abspath(path))
   tasks = []
   for line_no, line in _read_lines(path):
@@ -210,12 +225,43 @@ def read_label_list(path: str, split: str, num_classes: Optional[int], strict: b
       _skip(skipped, origin, f"label {label_txt!r} is not an integer (expected '<path> <label>')",
             strict)
       continue
-    if label < -1 or (num_classes is not None and label >= num_classes):
-      bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-      _skip(skipped, origin, f"label {label} out of range ({bound}, or -1 for none)", strict)
+    if label != -1 and (label < label_base or (num_classes is not None
+                                               and label - label_base >= num_classes)):
+      if num_classes is not None:
+        bound = f"{label_base}..{num_classes - 1 + label_base}"
+      else:
+        bound = f">= {label_base}"
+      if label_base:
+        bound += f" with --label-base {label_base}"
+      hint = ""
+      if not label_base and num_classes is not None and label == num_classes:
+        hint = "; if the list numbers its classes from 1, give --label-base 1"
+      if out_of_range is not None:
+        out_of_range.append(label)
+      _skip(skipped, origin, f"label {label} out of range ({bound}, or -1 for none){hint}",
+            strict)
       continue
-    tasks.append(ClipTask(split, _resolve(clip, base), label, (), "", origin))
+    stored = label - label_base if label != -1 else -1
+    tasks.append(ClipTask(split, _resolve(clip, base), stored, (), "", origin))
   return tasks
+
+
+def _previous_info(out_dir: str) -> dict:
+  """dataset_info.json of an earlier run into `out_dir`, or {}."""
+  try:
+    return records.load_info(out_dir)
+  except (OSError, ValueError):
+    return {}
+
+
+def one_based_message(paths: Sequence[str], labels: Sequence[int]) -> str:
+  """Why lists numbered from 1 are refused, and the two ways on."""
+  top = max(labels)
+  where = ", ".join(dict.fromkeys(paths))
+  return (f"labels in {where} run {min(labels)}..{top} and no clip has class 0: the list looks "
+          f"1-based (as DFEW's label files are). Give --label-base 1 to store them as classes "
+          f"0..{top - 1} ({top} classes), or --label-base 0 --num-classes {top + 1} to keep the "
+          f"numbers as they are (class 0 then has no clips).")
 
 
 def read_regression_list(path: str, split: str, num_values: Optional[int], strict: bool,
@@ -338,21 +384,46 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
   if args.recipe:
     if not args.src:
       raise ValueError("--recipe needs --src RAW_DATASET_DIR")
-    result = recipes.run_recipe(args.recipe, args.src, args.fold)
+    result = recipes.run_recipe(args.recipe, args.src, args.fold, label_base=args.label_base)
     for s in result.skipped:
       _skip(inputs, s["source"], s["reason"], args.strict)
     raw += [ClipTask(e.split, os.path.normpath(e.path), e.label, tuple(e.values), "", e.origin)
             for e in result.entries]
     label_names = result.label_names
     num_classes = len(label_names) if label_names else None
+    for e in result.entries:
+      inputs.label_base.setdefault(e.split, set()).add(result.label_base)
     inputs.name = f"{result.name}" + (f"_fold{args.fold}" if recipes.NUM_FOLDS.get(
         result.name, 1) > 1 else "")
+  previous = _previous_info(args.out)
+  list_base = args.label_base
+  if list_base is None and args.list and isinstance(previous.get("label_base"), int) and \
+      previous.get("label_names"):
+    # A split added to a dataset whose lists were 1-based is read the same way, out loud.
+    list_base = previous["label_base"]
+    if list_base:
+      inputs.warnings.append(f"--label-base not given: reading the lists with label base "
+                             f"{list_base}, as recorded in {args.out}/{records.INFO_FILE}")
+  list_tasks: list[ClipTask] = []
+  list_paths: list[str] = []
+  out_of_range: list[int] = []
   for arg in args.list or ():
     split, path = split_arg(arg, args.split)
-    tasks = read_label_list(path, split, num_classes, args.strict, inputs.skipped)
+    tasks = read_label_list(path, split, num_classes, args.strict, inputs.skipped,
+                            list_base or 0, out_of_range)
     if not tasks:
       inputs.warnings.append(f"list {path} (split {split!r}) gave no clips")
-    raw += tasks
+    list_tasks += tasks
+    list_paths.append(path)
+    inputs.label_base.setdefault(split, set()).add(list_base or 0)
+  if list_base is None:
+    # Lists numbered 1..K would otherwise become K+1 classes with an empty class 0 (no names or
+    # count given), or lose class K as "out of range" and shift the rest (names or count given).
+    seen = [t.label for t in list_tasks if t.label >= 0]
+    names_known = num_classes is not None or previous.get("label_names")
+    if seen and 0 not in seen and (not names_known or num_classes in out_of_range):
+      raise ValueError(one_based_message(list_paths, seen + out_of_range))
+  raw += list_tasks
   num_values = len(inputs.value_names) if inputs.value_names else None
   for arg in args.regression or ():
     split, path = split_arg(arg, args.split)
@@ -591,6 +662,14 @@ def _run_jobs(jobs: list, workers: int) -> Iterator:
     pool.join()
 
 
+def _one_base(bases: set):
+  """A split's label base for dataset_info.json: the number, None (names), or a sorted list."""
+  numbers = sorted(b for b in bases if b is not None)
+  if not numbers:
+    return None
+  return numbers[0] if len(numbers) == 1 and None not in bases else numbers
+
+
 def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) -> dict:
   """Rebuilds dataset_info.json from every complete split in `out_dir`."""
   previous = {}
@@ -614,13 +693,21 @@ def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) ->
       continue
     block = records.summarize_split(indices, label_names)
     block["preprocessing"] = indices[0].get("preprocessing") if indices else None
+    if split in inputs.label_base:
+      block["label_base"] = _one_base(inputs.label_base[split])
+    else:
+      block["label_base"] = (previous.get("splits", {}).get(split) or {}).get("label_base")
     splits[split] = block
+  bases = [b["label_base"] for b in splits.values() if b["label_base"] is not None]
   info = {
       "format": records.FORMAT_NAME,
       "name": inputs.name if inputs.name != "custom" else previous.get("name", inputs.name),
       "builder_version": records.BUILDER_VERSION,
       "label_names": label_names,
       "num_classes": len(label_names) if label_names else 0,
+      # Stored class = source label - label_base (per split in "splits"); null: names, or mixed.
+      "label_base": bases[0] if bases and all(b == bases[0] and isinstance(b, int)
+                                              for b in bases) else None,
       "value_names": list(inputs.value_names) if inputs.value_names else
                      previous.get("value_names", []),
       "preprocessing": options.spec(),
@@ -761,6 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
   labels = p.add_mutually_exclusive_group()
   labels.add_argument("--label-names", help="comma-separated class names (label i = name i)")
   labels.add_argument("--num-classes", type=int, help="number of classes (names '0'..'K-1')")
+  p.add_argument("--label-base", type=int, choices=(0, 1),
+                 help="number that denotes the first class in --list files: 1 for lists "
+                      "numbered 1..K (stored as 0..K-1). Lists without any class 0 are refused "
+                      "unless this is given")
   p.add_argument("--value-names", help="comma-separated names of the regression values")
   p.add_argument("--name", help="dataset name recorded in dataset_info.json")
   proc = p.add_argument_group("processing")

@@ -10,6 +10,8 @@ MAE-DFER papers evaluate on):
                folders under 2_ClipsforFaceCrop/ (or 1_ClipsforFaceCrop/, or the root). 7 classes.
   mafw         Train & Test Set/single/no_caption/set_{1..5}/{train,test}.txt ("00001.mp4 anger")
                + data/frames/00001/ or data/clips/00001.mp4. 11 classes.
+               (ferv39k / mafw lists may number the classes instead: counted from 0 when a 0
+               occurs, from 1 when K occurs, else `--label-base` must say which.)
   crema_d      any tree of clips named 1001_DFA_ANG_XX(.flv/.mp4/folder); emotion = 3rd field.
                5 actor-independent folds (sorted actor ids cut into 5 contiguous groups). 6 classes.
   ravdess      Actor_XX/MM-VV-EE-II-SS-RR-AA(.mp4/folder); emotion EE = 3rd field (01..08).
@@ -19,7 +21,8 @@ MAE-DFER papers evaluate on):
                (or the file's two-letter code). 5 subject-independent folds. 6 classes.
   voxceleb2    **/id*/<youtube id>/*.mp4, unlabeled (label -1), single split "train".
 
-Folds are 1-based. Regression targets (valence/arousal, Big-Five, ...) come as lists
+Folds are 1-based. Stored classes are always 0-based; `RecipeResult.label_base` (recorded as
+`label_base` in dataset_info.json) says what the source numbers were shifted by. Regression targets (valence/arousal, Big-Five, ...) come as lists
 `<path> <v1> <v2> ...`; `convert_*` below turn the annotation files of Werewolf-XL, AVCAffe and
 First Impressions into that form.
 """
@@ -63,6 +66,9 @@ class RecipeResult:
   label_names: Optional[tuple[str, ...]]
   skipped: list[dict] = dataclasses.field(default_factory=list)  # {"source", "reason"}
   value_names: Optional[tuple[str, ...]] = None
+  # The number that denotes class 0 in the dataset's numeric label files (DFEW, RAVDESS: 1; the
+  # entries already hold label - label_base); None when the labels are names or codes.
+  label_base: Optional[int] = None
 
 
 class RecipeError(Exception):
@@ -127,7 +133,7 @@ def dfew(src: str, fold: int = 1) -> RecipeResult:
                ("clip_224x224", "jpg_256", "frames", "clip_224x224_16f", "original")]
   clip_dirs = [d for d in clip_dirs if os.path.isdir(d)] or [_need(
       os.path.join(src, "Clip", "clip_224x224"), "clip folder Clip/clip_224x224", "dfew")]
-  result = RecipeResult("dfew", [], DFEW_LABELS)
+  result = RecipeResult("dfew", [], DFEW_LABELS, label_base=1)
   for split in ("train", "test"):
     csv_path = _need(os.path.join(split_dir, f"{split}(single-labeled)", f"set_{fold}.csv"),
                      f"{split} list of fold {fold}", "dfew")
@@ -161,13 +167,16 @@ def _label_index(label: str, names: Sequence[str]) -> Optional[int]:
   for i, n in enumerate(names):
     if n.lower() == low:
       return i
-  if low.lstrip("-").isdigit() and 0 <= int(low) < len(names):
-    return int(low)
   return None
 
 
 def _two_column_list(path: str, split: str, names: Sequence[str], locate: Callable[[str], str],
-                     result: RecipeResult, sep: Optional[str] = None) -> None:
+                     result: RecipeResult, numeric: list, sep: Optional[str] = None) -> None:
+  """Reads '<clip> <label>' lines; labels are class names, or numbers collected in `numeric`.
+
+  Numeric labels get a placeholder entry whose position is appended to `numeric`;
+  `_number_labels` sets them once every list of the dataset has been read.
+  """
   with open(path, newline="") as f:
     for line_no, line in enumerate(f, 1):
       origin = f"{path}:{line_no}"
@@ -177,41 +186,89 @@ def _two_column_list(path: str, split: str, names: Sequence[str], locate: Callab
       if len(parts) < 2:
         result.skipped.append({"source": origin, "reason": "line has no label"})
         continue
-      label = _label_index(parts[1], names)
+      text = parts[1].strip()
+      label = _label_index(text, names)
+      if label is None and text.lstrip("-").isdigit():
+        numeric.append(len(result.entries))
+        result.entries.append(Entry(split, locate(parts[0].strip()), int(text), (), origin))
+        continue
       if label is None:
-        if line_no == 1 and not parts[1].strip().isdigit():
-          if parts[1].strip().lower() in ("label", "emotion", "class"):
-            continue
+        if line_no == 1 and text.lower() in ("label", "emotion", "class"):
+          continue
         result.skipped.append({"source": origin,
-                               "reason": f"label {parts[1].strip()!r} is not one of "
-                                         f"{', '.join(names)}"})
+                               "reason": f"label {text!r} is not one of {', '.join(names)}"})
         continue
       result.entries.append(Entry(split, locate(parts[0].strip()), label, (), origin))
 
 
-def ferv39k(src: str, fold: int = 1) -> RecipeResult:
+def _number_labels(result: RecipeResult, numeric: list, names: Sequence[str],
+                   label_base: Optional[int]) -> None:
+  """Turns the numeric labels of `result` into classes with one label base for the dataset.
+
+  Without `label_base`, a 0 among the numbers means 0-based, the number K (= len(names)) means
+  1-based; numbers with neither are ambiguous and refused. Lines out of range are skipped.
+
+  Raises:
+    RecipeError: ambiguous numbering (the message names --label-base).
+  """
+  if not numeric:
+    return
+  k = len(names)
+  raw = [result.entries[i].label for i in numeric]
+  if label_base is None:
+    if 0 in raw:
+      label_base = 0
+    elif k in raw:
+      label_base = 1
+    else:
+      raise RecipeError(
+          f"{result.name}: numeric labels {min(raw)}..{max(raw)} in "
+          f"{result.entries[numeric[0]].origin} and others include neither 0 nor {k}, so it is "
+          f"unclear whether they count the {k} classes from 0 or from 1; give --label-base 0 or "
+          f"--label-base 1")
+  result.label_base = label_base
+  drop = set()
+  for i in numeric:
+    e = result.entries[i]
+    if 0 <= e.label - label_base < k:
+      e.label -= label_base
+    else:
+      drop.add(i)
+      result.skipped.append({
+          "source": e.origin, "reason": f"label {e.label} out of range "
+          f"{label_base}..{k - 1 + label_base} ({result.name} classes, label base {label_base})"})
+  if drop:
+    result.entries = [e for i, e in enumerate(result.entries) if i not in drop]
+
+
+def ferv39k(src: str, fold: int = 1, label_base: Optional[int] = None) -> RecipeResult:
   _check_fold("ferv39k", fold, 1)
   setup = _need(os.path.join(src, "4_setups", "All_scenes"), "4_setups/All_scenes/", "ferv39k")
   roots = [os.path.join(src, d) for d in ("2_ClipsforFaceCrop", "1_ClipsforFaceCrop")]
   roots = [d for d in roots if os.path.isdir(d)] + [src]
   result = RecipeResult("ferv39k", [], FERV39K_LABELS)
+  numeric: list[int] = []
   for split in ("train", "test"):
     path = _need(os.path.join(setup, f"{split}_All.csv"), f"{split}_All.csv", "ferv39k")
-    _two_column_list(path, split, FERV39K_LABELS, lambda rel: _clip_in(roots, rel), result)
+    _two_column_list(path, split, FERV39K_LABELS, lambda rel: _clip_in(roots, rel), result,
+                     numeric)
+  _number_labels(result, numeric, FERV39K_LABELS, label_base)
   return result
 
 
-def mafw(src: str, fold: int = 1) -> RecipeResult:
+def mafw(src: str, fold: int = 1, label_base: Optional[int] = None) -> RecipeResult:
   _check_fold("mafw", fold, 5)
   set_dir = _need(os.path.join(src, "Train & Test Set", "single", "no_caption", f"set_{fold}"),
                   f"'Train & Test Set/single/no_caption/set_{fold}'", "mafw")
   roots = [os.path.join(src, "data", d) for d in ("frames", "clips")]
   roots = [d for d in roots if os.path.isdir(d)] or [os.path.join(src, "data", "frames")]
   result = RecipeResult("mafw", [], MAFW_LABELS)
+  numeric: list[int] = []
   for split in ("train", "test"):
     path = _need(os.path.join(set_dir, f"{split}.txt"), f"{split}.txt", "mafw")
     _two_column_list(path, split, MAFW_LABELS,
-                     lambda name: _clip_in(roots, os.path.splitext(name)[0]), result)
+                     lambda name: _clip_in(roots, os.path.splitext(name)[0]), result, numeric)
+  _number_labels(result, numeric, MAFW_LABELS, label_base)
   return result
 
 
@@ -248,7 +305,7 @@ def ravdess(src: str, fold: int = 1) -> RecipeResult:
   clips = _clips_under(src, _RAVDESS_RE)
   if not clips:
     raise RecipeError(f"ravdess: no clips named like 02-01-06-01-02-01-12 below {src}")
-  result = RecipeResult("ravdess", [], RAVDESS_LABELS)
+  result = RecipeResult("ravdess", [], RAVDESS_LABELS, label_base=1)
   by_key: dict[tuple, dict[str, str]] = {}
   for path in clips:
     m = _RAVDESS_RE.fullmatch(os.path.splitext(os.path.basename(path))[0])
@@ -332,11 +389,28 @@ NUM_FOLDS = {"dfew": 5, "ferv39k": 1, "mafw": 5, "crema_d": 5, "ravdess": 6, "en
              "voxceleb2": 1}
 
 
-def run_recipe(name: str, src: str, fold: int = 1) -> RecipeResult:
+# Recipes whose list files may number the classes (either from 0 or from 1) instead of naming them.
+NUMERIC_LABEL_RECIPES = ("ferv39k", "mafw")
+
+
+def run_recipe(name: str, src: str, fold: int = 1,
+               label_base: Optional[int] = None) -> RecipeResult:
+  """Runs recipe `name` on the raw dataset at `src`.
+
+  Args:
+    label_base: for ferv39k / mafw lists that give numbers instead of class names, the number of
+      the first class (0 or 1); None detects it (see `_number_labels`). DFEW's and RAVDESS's
+      official files are always 1-based and ignore it.
+
+  Raises:
+    RecipeError: unknown recipe, a layout that does not match, or ambiguous numeric labels.
+  """
   key = name.lower().replace("-", "_")
   key = {"enterface": "enterface05", "cremad": "crema_d"}.get(key, key)
   if key not in RECIPES:
     raise RecipeError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+  if key in NUMERIC_LABEL_RECIPES:
+    return RECIPES[key](src, fold, label_base=label_base)
   return RECIPES[key](src, fold)
 
 

@@ -1,0 +1,186 @@
+"""`prepare` keeps datasets intact: label bases, clip ids, lists that miss clips, URL outputs,
+and the `prepare` commands the configs document."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from data_pipelines import build
+from data_pipelines import recipes
+from data_pipelines import records
+from data_pipelines import synthetic
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+  """14 tiny frame-folder clips (4 frames of 24 px): {"root": dir, "paths": [14 folders]}."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("label_clips")
+  rng = np.random.default_rng(0)
+  paths = []
+  for k in range(14):
+    folder = root / "clips" / f"{k + 1:05d}"
+    folder.mkdir(parents=True)
+    frames = synthetic.render_clip(synthetic.EMOTIONS[k % 7], 4, 24, rng)
+    for t, frame in enumerate(frames):
+      cv2.imwrite(str(folder / f"{t:03d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    paths.append(str(folder))
+  return {"root": str(root), "paths": paths}
+
+
+def _write_list(path, lines):
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return str(path)
+
+
+def _prepare(argv):
+  code = build.main(list(argv) + ["--quiet", "--short-side", "16"])
+  out = argv[argv.index("--out") + 1]
+  path = os.path.join(out, build.REPORT_FILE)
+  return code, (json.load(open(path)) if os.path.exists(path) else None)
+
+
+def _stored(out, split):
+  source = records.ClipDataSource(out, split)
+  return {os.path.basename(source[i]["source"]): source[i]["label"] for i in range(len(source))}
+
+
+# ------------------------------------------------------------------------------------------------
+# Label bases.
+
+
+def _one_based_lists(clips, tmp_path):
+  lines = [f"{p} {k % 7 + 1}" for k, p in enumerate(clips["paths"])]
+  return (_write_list(tmp_path / "train.txt", lines[:10]),
+          _write_list(tmp_path / "test.txt", lines[10:]))
+
+
+def test_one_based_lists_are_refused_with_the_fix_named(clips, tmp_path, capsys):
+  train, test = _one_based_lists(clips, tmp_path)
+  out = str(tmp_path / "out")
+  code, report = _prepare(["--list", f"train={train}", "--list", f"test={test}", "--out", out])
+  err = capsys.readouterr().err
+  assert code == 1 and report is None
+  assert "no clip has class 0" in err and "--label-base 1" in err, err
+  assert "--label-base 0 --num-classes 8" in err and "Traceback" not in err
+  assert not os.path.exists(out) or not os.listdir(out)  # nothing half-written
+  # Naming the classes does not hide it: class 7 would be dropped and the rest shifted by one.
+  code, _ = _prepare(["--list", f"train={train}", "--out", out, "--num-classes", "7"])
+  err = capsys.readouterr().err
+  assert code == 1 and "--label-base 1" in err, err
+  # --strict names the fix at the first line out of range.
+  code, _ = _prepare(["--list", f"train={train}", "--out", out, "--num-classes", "7", "--strict"])
+  err = capsys.readouterr().err
+  assert code == 2 and "train.txt:7: label 7 out of range" in err and "--label-base 1" in err
+
+
+def test_label_base_one_maps_every_label_one_lower_and_is_recorded(clips, tmp_path):
+  train, test = _one_based_lists(clips, tmp_path)
+  out = str(tmp_path / "out")
+  code, report = _prepare(["--list", f"train={train}", "--list", f"test={test}", "--out", out,
+                           "--label-base", "1"])
+  assert code == 0 and report["written"] == 14 and report["skipped"] == []
+  given = {f"{k + 1:05d}": k % 7 + 1 for k in range(14)}
+  got = {**_stored(out, "train"), **_stored(out, "test")}
+  assert got == {name: label - 1 for name, label in given.items()}
+  info = records.load_info(out)
+  assert info["num_classes"] == 7 and info["label_base"] == 1
+  assert {s: b["label_base"] for s, b in info["splits"].items()} == {"train": 1, "test": 1}
+  assert info["splits"]["train"]["class_counts"]["0"] == 2
+  # A label 0 in a 1-based list is out of range, reported, never stored as -1 or 0.
+  bad = _write_list(tmp_path / "bad.txt", [f"{clips['paths'][0]} 0", f"{clips['paths'][1]} 7"])
+  code, report = _prepare(["--list", f"train={bad}", "--out", str(tmp_path / "bad"),
+                           "--label-base", "1"])
+  assert code == 0 and report["written"] == 1
+  assert report["skipped"][0]["reason"].startswith("label 0 out of range (>= 1 with --label-base")
+
+
+def test_label_base_zero_keeps_the_numbers_when_asked(clips, tmp_path):
+  train, _ = _one_based_lists(clips, tmp_path)
+  out = str(tmp_path / "out")
+  code, _ = _prepare(["--list", f"train={train}", "--out", out, "--label-base", "0",
+                      "--num-classes", "8"])
+  assert code == 0
+  assert _stored(out, "train") == {f"{k + 1:05d}": k % 7 + 1 for k in range(10)}
+  info = records.load_info(out)
+  assert info["num_classes"] == 8 and info["label_base"] == 0
+  assert "0" not in info["splits"]["train"]["class_counts"]
+
+
+def test_zero_based_lists_and_subsets_are_untouched(clips, tmp_path):
+  # Class 0 in any list of the run shows the numbering; a test split without it is fine.
+  train = _write_list(tmp_path / "train.txt", [f"{p} {k % 7}" for k, p in
+                                               enumerate(clips["paths"][:7])])
+  test = _write_list(tmp_path / "test.txt", [f"{clips['paths'][8]} 3", f"{clips['paths'][9]} 6"])
+  out = str(tmp_path / "out")
+  code, _ = _prepare(["--list", f"train={train}", "--list", f"test={test}", "--out", out])
+  assert code == 0 and _stored(out, "test") == {"00009": 3, "00010": 6}
+  assert records.load_info(out)["label_base"] == 0
+
+
+def test_a_split_added_later_is_read_with_the_recorded_base(clips, tmp_path, capsys):
+  train, test = _one_based_lists(clips, tmp_path)
+  out = str(tmp_path / "out")
+  assert _prepare(["--list", f"train={train}", "--out", out, "--label-base", "1"])[0] == 0
+  capsys.readouterr()
+  code, _ = _prepare(["--list", f"test={test}", "--out", out])
+  assert code == 0 and "label base 1" in capsys.readouterr().err
+  assert _stored(out, "test") == {f"{k + 1:05d}": k % 7 for k in range(10, 14)}
+  info = records.load_info(out)
+  assert info["label_base"] == 1 and info["splits"]["test"]["label_base"] == 1
+
+
+def _touch(path):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  open(path, "wb").close()
+
+
+def test_recipes_record_their_label_base(tmp_path):
+  src = str(tmp_path / "dfew")
+  os.makedirs(os.path.join(src, "Clip", "clip_224x224", "00001"))
+  sd = os.path.join(src, "EmoLabel_DataSplit")
+  _write_list(_mk(os.path.join(sd, "train(single-labeled)", "set_1.csv")), ["1,7"])
+  _write_list(_mk(os.path.join(sd, "test(single-labeled)", "set_1.csv")), ["1,1"])
+  result = recipes.run_recipe("dfew", src)
+  assert result.label_base == 1 and [e.label for e in result.entries] == [6, 0]
+  assert recipes.RecipeResult("x", [], None).label_base is None
+  ravdess = str(tmp_path / "ravdess")
+  _touch(os.path.join(ravdess, "Actor_01", "02-01-08-01-01-01-01.mp4"))
+  assert recipes.run_recipe("ravdess", ravdess).label_base == 1
+
+
+def _mk(path):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  return path
+
+
+def _mafw(tmp_path, train_lines, test_lines):
+  src = str(tmp_path / "mafw")
+  sd = os.path.join(src, "Train & Test Set", "single", "no_caption", "set_1")
+  _write_list(_mk(os.path.join(sd, "train.txt")), train_lines)
+  _write_list(_mk(os.path.join(sd, "test.txt")), test_lines)
+  return src
+
+
+def test_numeric_recipe_lists_get_one_base_for_the_whole_dataset(tmp_path):
+  # MAFW lists numbered 1..11: the 11 shows it, and every other number moves down by one.
+  src = _mafw(tmp_path, ["00001.mp4 1", "00002.mp4 11", "00003.mp4 anger"], ["00004.mp4 5"])
+  result = recipes.run_recipe("mafw", src)
+  assert [(os.path.basename(e.path), e.label) for e in result.entries] == [
+      ("00001", 0), ("00002", 10), ("00003", 0), ("00004", 4)]
+  assert result.label_base == 1 and result.skipped == []
+  # 0-based numbers (0 present): kept; an 11 is then out of range and reported.
+  src = _mafw(tmp_path, ["00001.mp4 0", "00002.mp4 11"], ["00004.mp4 5"])
+  result = recipes.run_recipe("mafw", src)
+  assert [e.label for e in result.entries] == [0, 5] and result.label_base == 0
+  assert "label 11 out of range 0..10" in result.skipped[0]["reason"]
+  # Neither 0 nor 11: ambiguous, refused unless --label-base says.
+  src = _mafw(tmp_path, ["00001.mp4 3"], ["00004.mp4 5"])
+  with pytest.raises(recipes.RecipeError, match="--label-base"):
+    recipes.run_recipe("mafw", src)
+  assert [e.label for e in recipes.run_recipe("mafw", src, label_base=1).entries] == [2, 4]
+  # Names only: no base at all.
+  src = _mafw(tmp_path, ["00001.mp4 anger"], ["00004.mp4 contempt"])
+  assert recipes.run_recipe("mafw", src).label_base is None
