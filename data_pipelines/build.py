@@ -330,26 +330,48 @@ def _strip_ext(path: str) -> str:
   return stem if ext.lower() in video_io.VIDEO_EXTENSIONS else path
 
 
+def _text_id(relpath: str) -> str:
+  """A clip id that is valid UTF-8 whatever bytes the file name holds.
+
+  Names that are not UTF-8 come from os.walk with lone surrogates (PEP 383); their raw bytes are
+  written as \\xNN escapes, so the id stays readable, storable and distinct.
+  """
+  return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def assign_ids(tasks: list[ClipTask]) -> None:
-  """Ids = paths relative to the common folder of each split's clips, without video extension."""
+  """Ids = paths relative to the common folder of each split's clips, without video extension.
+
+  Ids are kept whole (any length, any script) and must be unique within a split.
+
+  Raises:
+    ValueError: two inputs of one split would get the same id (e.g. `a.mp4` and `a.avi`, or a
+      video and a frame folder of the same name), naming both.
+  """
   by_split: dict[str, list[ClipTask]] = {}
   for t in tasks:
     by_split.setdefault(t.split, []).append(t)
-  for group in by_split.values():
+  clashes = []
+  for split, group in by_split.items():
     if len(group) == 1:
       root = os.path.dirname(group[0].path)
     else:
       root = os.path.commonpath([t.path for t in group])
       if any(t.path == root for t in group):
         root = os.path.dirname(root)
-    seen: dict[str, int] = {}
+    owner: dict[str, ClipTask] = {}
     for t in group:
-      if t.clip_id:
-        continue
-      base = _strip_ext(os.path.relpath(t.path, root)).replace(os.sep, "/")
-      n = seen.get(base, 0)
-      seen[base] = n + 1
-      t.clip_id = base if n == 0 else f"{base}~{n + 1}"
+      if not t.clip_id:
+        t.clip_id = _text_id(_strip_ext(os.path.relpath(t.path, root)).replace(os.sep, "/"))
+      first = owner.setdefault(t.clip_id, t)
+      if first is not t:
+        clashes.append(f"{first.origin or first.path} and {t.origin or t.path} would both get "
+                       f"id {t.clip_id!r} in split {split!r}")
+  if clashes:
+    more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+    raise ValueError("clip ids must be unique within a split (an id is the path relative to the "
+                     "split's common folder, without the video extension): "
+                     + "; ".join(clashes[:5]) + more + ". Rename or leave out one of each pair.")
 
 
 def merge_tasks(tasks: list[ClipTask], strict: bool, skipped: list) -> list[ClipTask]:

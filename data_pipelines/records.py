@@ -355,7 +355,14 @@ def parse_example(data: bytes) -> dict[str, tuple[str, list]]:
 
 def clip_features(*, clip_id: str, frames: Sequence[bytes], height: int, width: int, fps: float,
                   label: int = -1, values: Sequence[float] = (), source: str = "") -> dict:
-  """The {key: (kind, values)} feature dict of one clip."""
+  """The {key: (kind, values)} feature dict of one clip.
+
+  The id is stored whole as UTF-8 (no length limit); `source` keeps the path's own bytes, also
+  for file names that are not UTF-8 (readers decode it with replacement characters).
+
+  Raises:
+    UnicodeEncodeError: an id that is not valid text (prepare escapes such names).
+  """
   return {
       "clip/id": ("bytes", [clip_id.encode("utf-8")]),
       "clip/frames": ("bytes", list(frames)),
@@ -365,7 +372,7 @@ def clip_features(*, clip_id: str, frames: Sequence[bytes], height: int, width: 
       "clip/fps": ("float", [float(fps)]),
       "label/class": ("int64", [int(label)]),
       "label/values": ("float", [float(v) for v in values]),
-      "clip/source": ("bytes", [source.encode("utf-8")]),
+      "clip/source": ("bytes", [source.encode("utf-8", "surrogateescape")]),
   }
 
 

@@ -184,3 +184,68 @@ def test_numeric_recipe_lists_get_one_base_for_the_whole_dataset(tmp_path):
   # Names only: no base at all.
   src = _mafw(tmp_path, ["00001.mp4 anger"], ["00004.mp4 contempt"])
   assert recipes.run_recipe("mafw", src).label_base is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Clip ids: whole, distinct, and two inputs with one id are an error naming both.
+
+
+def test_long_non_ascii_ids_are_stored_whole_and_distinct(clips, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  long_dir = "\u8868\u60c5" * 42  # 252 UTF-8 bytes: the ids below differ only after byte 256
+  for name, k in (("clip_a", 0), ("clip_b", 1)):
+    shutil.copytree(clips["paths"][k], tmp_path / "T" / long_dir / name)
+  shutil.copytree(clips["paths"][2], tmp_path / "T" / "short" / "clip_c")
+  lst = _write_list(tmp_path / "test.txt", [f"T/{long_dir}/clip_a 0", f"T/{long_dir}/clip_b 1",
+                                            "T/short/clip_c 0"])
+  out = str(tmp_path / "out")
+  code, report = _prepare(["--list", f"test={lst}", "--out", out, "--num-classes", "2"])
+  assert code == 0 and report["written"] == 3
+  want = [f"{long_dir}/clip_a", f"{long_dir}/clip_b", "short/clip_c"]
+  assert len(want[0].encode()) == 259 and want[0].encode()[:256] == want[1].encode()[:256]
+  source = records.ClipDataSource(out, "test")
+  assert sorted(source[i]["id"] for i in range(3)) == sorted(want)
+  index = records.read_index(records.find_shards(out, "test")[0])
+  assert sorted(index["ids"]) == sorted(want)
+  assert sorted(c["id"] for c in records.iter_clips(out, "test")) == sorted(want)
+
+
+def test_inputs_that_would_share_an_id_are_refused_naming_both(clips, tmp_path, capsys):
+  import shutil  # pylint: disable=import-outside-toplevel
+  tree = tmp_path / "tree" / "happy"
+  shutil.copytree(clips["paths"][0], tree / "x")                     # frame folder "x"
+  video = tree / "x.mp4"                                             # ... and a video "x.mp4"
+  synthetic_frames = synthetic.render_clip(0, 4, 24, np.random.default_rng(1))
+  from data_pipelines import video_io  # pylint: disable=import-outside-toplevel
+  video_io.write_video(str(video), synthetic_frames, 25.0)
+  out = str(tmp_path / "out")
+  code, report = _prepare(["--src-dir", str(tmp_path / "tree"), "--out", out])
+  err = capsys.readouterr().err
+  assert code == 1 and report is None, err
+  assert str(tree / "x") in err and str(video) in err and "would both get id 'x'" in err, err
+  # Second kind of clash: one stem with two video extensions, from a list.
+  shutil.copy(video, tree / "y.MP4")
+  shutil.copy(video, tree / "y.mp4")
+  lst = _write_list(tmp_path / "l.txt", [f"{tree / 'y.MP4'} 0", f"{tree / 'y.mp4'} 0"])
+  code, _ = _prepare(["--list", f"train={lst}", "--out", out])
+  err = capsys.readouterr().err
+  assert code == 1 and "l.txt:1 and " in err and "l.txt:2 would both get id 'y'" in err, err
+  # The same name in two splits is fine.
+  lst2 = _write_list(tmp_path / "l2.txt", [f"{tree / 'y.mp4'} 0"])
+  code, _ = _prepare(["--list", f"train={lst2}", "--list", f"test={lst2}", "--out", out])
+  assert code == 0
+
+
+def test_file_names_that_are_not_utf8_get_escaped_distinct_ids(clips, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  root = os.fsencode(str(tmp_path / "tree"))
+  names = [b"caf\xe9", b"caf\xe8", b"caf\xc3\xa9"]  # Latin-1 e-acute, e-grave; UTF-8 e-acute
+  for k, name in enumerate(names):
+    shutil.copytree(os.fsencode(clips["paths"][k]), os.path.join(root, b"sad", name))
+  out = str(tmp_path / "out")
+  code, report = _prepare(["--src-dir", os.fsdecode(root), "--out", out, "--label-names",
+                           "happy,sad"])
+  assert code == 0 and report["written"] == 3, report
+  source = records.ClipDataSource(out, "train")
+  got = sorted((source[i]["id"], source[i]["label"]) for i in range(3))
+  assert got == [("caf\\xe8", 1), ("caf\\xe9", 1), ("caf\u00e9", 1)]
