@@ -15,7 +15,12 @@ Usage (through `python -m svfap_jax prepare ...`, or `main(argv)`):
 
   # Regression targets, "<path> <v1> <v2> ..." per line (valence/arousal, Big-Five, ...): clips
   # also in a --list of the same split get both a class and values, others get label -1.
+  # A clip one of its split's lists misses is kept and flagged, never dropped or silently
+  # filled: without values it stores NaN values (training and metrics leave them out), without
+  # a class (where the split has a class list) label -1; prepare_report.json lists each under
+  # "missing_values" / "missing_labels", the summary warns, --strict stops at the first.
   prepare --regression train=va_train.csv --value-names valence,arousal --out DIR
+  prepare --list train=cls.txt --regression train=va.txt --value-names valence,arousal --out DIR
 
   # Official dataset layouts (see data_pipelines/recipes.py).
   prepare --recipe dfew --src RAW_DIR --fold 1 --out DIR
@@ -150,6 +155,10 @@ class Inputs:
   warnings: list[str] = dataclasses.field(default_factory=list)
   # True when no names were given and they were made up from the largest label seen.
   label_names_inferred: bool = False
+  # Clips kept although a list of their split does not cover them: {"source", "split", "reason"}.
+  # Without regression values (stored as NaN) / without a class (stored as -1).
+  missing_values: list[dict] = dataclasses.field(default_factory=list)
+  missing_labels: list[dict] = dataclasses.field(default_factory=list)
   # Per split: the numbers that denoted class 0 in its numeric source labels (1 for DFEW-style
   # files; the stored class is the source label minus it); None stands for labels given by name.
   label_base: dict[str, set] = dataclasses.field(default_factory=dict)
@@ -395,6 +404,51 @@ def merge_tasks(tasks: list[ClipTask], strict: bool, skipped: list) -> list[Clip
   return [merged[k] for k in order]
 
 
+def note_uncovered(inputs: Inputs, class_lists: dict[str, list[str]],
+                   value_lists: dict[str, list[str]], num_values: int, strict: bool) -> None:
+  """Flags clips of a dataset with regression values that one of the lists does not cover.
+
+  A clip without values keeps its class and gets `num_values` NaN values (the training loss and
+  the metrics leave NaN targets out); a clip with values but no class, in a split that has
+  class labels, keeps label -1. Both are listed in `inputs` (and so in prepare_report.json).
+
+  Args:
+    class_lists / value_lists: split -> the class inputs / --regression lists given for it.
+
+  Raises:
+    StrictStop: with `strict`, at the first such clip.
+  """
+  nan = (float("nan"),) * num_values
+  for t in inputs.tasks:
+    source = t.origin or t.path
+    if not t.values:
+      given = value_lists.get(t.split)
+      why = (f"not in the --regression list of split {t.split!r} ({', '.join(given)})" if given
+             else f"split {t.split!r} has no --regression list")
+      reason = f"no regression values: {why}"
+      if strict:
+        raise StrictStop(source, reason)
+      t.values = nan
+      inputs.missing_values.append({"source": source, "split": t.split, "path": t.path,
+                                    "reason": reason + "; kept with NaN values"})
+    elif t.label < 0 and class_lists.get(t.split):
+      reason = (f"no class label: not in the class list of split {t.split!r} "
+                f"({', '.join(class_lists[t.split])})")
+      if strict:
+        raise StrictStop(source, reason)
+      inputs.missing_labels.append({"source": source, "split": t.split, "path": t.path,
+                                    "reason": reason + "; kept with label -1"})
+  for kind, found, what in (("values", inputs.missing_values, "no regression values"),
+                            ("labels", inputs.missing_labels, "no class label")):
+    if found:
+      splits = sorted({f["split"] for f in found})
+      kept = "NaN values" if kind == "values" else "label -1"
+      inputs.warnings.append(
+          f"{len(found)} clip(s) of split(s) {', '.join(splits)} have {what} (a list of their "
+          f"split does not name them); they are kept ({kept}) and listed under "
+          f"\"missing_{kind}\" in {REPORT_FILE}; --strict stops instead")
+
+
 def collect_inputs(args: argparse.Namespace) -> Inputs:
   """Reads every input named on the command line into an `Inputs`."""
   inputs = Inputs()
@@ -403,6 +457,7 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
   if args.value_names:
     inputs.value_names = tuple(n.strip() for n in args.value_names.split(","))
   raw: list[ClipTask] = []
+  class_lists: dict[str, list[str]] = {}  # split -> the inputs that give its classes
   if args.recipe:
     if not args.src:
       raise ValueError("--recipe needs --src RAW_DATASET_DIR")
@@ -415,6 +470,8 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
     num_classes = len(label_names) if label_names else None
     for e in result.entries:
       inputs.label_base.setdefault(e.split, set()).add(result.label_base)
+      if e.label >= 0 and f"--recipe {result.name}" not in class_lists.setdefault(e.split, []):
+        class_lists[e.split].append(f"--recipe {result.name}")
     inputs.name = f"{result.name}" + (f"_fold{args.fold}" if recipes.NUM_FOLDS.get(
         result.name, 1) > 1 else "")
   previous = _previous_info(args.out)
@@ -437,6 +494,7 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
       inputs.warnings.append(f"list {path} (split {split!r}) gave no clips")
     list_tasks += tasks
     list_paths.append(path)
+    class_lists.setdefault(split, []).append(path)
     inputs.label_base.setdefault(split, set()).add(list_base or 0)
   if list_base is None:
     # Lists numbered 1..K would otherwise become K+1 classes with an empty class 0 (no names or
@@ -447,8 +505,10 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
       raise ValueError(one_based_message(list_paths, seen + out_of_range))
   raw += list_tasks
   num_values = len(inputs.value_names) if inputs.value_names else None
+  value_lists: dict[str, list[str]] = {}
   for arg in args.regression or ():
     split, path = split_arg(arg, args.split)
+    value_lists.setdefault(split, []).append(path)
     tasks = read_regression_list(path, split, num_values, args.strict, inputs.skipped)
     if not tasks:
       inputs.warnings.append(f"regression list {path} (split {split!r}) gave no clips")
@@ -470,6 +530,8 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
   if num_values and not inputs.value_names:
     inputs.value_names = tuple(f"value{i}" for i in range(num_values))
   inputs.tasks = merge_tasks(raw, args.strict, inputs.skipped)
+  if num_values:
+    note_uncovered(inputs, class_lists, value_lists, num_values, args.strict)
   assign_ids(inputs.tasks)
   if args.name:
     inputs.name = args.name
@@ -621,7 +683,9 @@ class _ShardWriter:
 
   def add(self, task: ClipTask, record: bytes, meta: dict) -> None:
     self.writer.write(record)
-    self.meta.append({**meta, "id": task.clip_id, "label": task.label, "source": task.path})
+    self.meta.append({**meta, "id": task.clip_id, "label": task.label, "source": task.path,
+                      "values_missing": bool(np.isnan(task.values).any()) if task.values
+                      else False})
 
   def finish(self) -> dict:
     self.writer.close()
@@ -648,6 +712,7 @@ class _ShardWriter:
                                    if "detected_fraction" in x],
         "sources": [x["source"] for x in m],
         "skipped": self.skipped,
+        "missing_values": sum(1 for x in m if x["values_missing"]),
     }
     index_path = self.final + records.INDEX_SUFFIX
     if os.path.exists(index_path):
@@ -715,6 +780,7 @@ def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) ->
       continue
     block = records.summarize_split(indices, label_names)
     block["preprocessing"] = indices[0].get("preprocessing") if indices else None
+    block["clips_missing_values"] = sum(ix.get("missing_values", 0) for ix in indices)
     if split in inputs.label_base:
       block["label_base"] = _one_base(inputs.label_base[split])
     else:
@@ -800,16 +866,24 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
   skipped = list(inputs.skipped)
   splits: dict[str, int] = {}
   face_fracs = []
+  written = set()
   for plan in plans:
     index = done[plan.name]
     skipped += index.get("skipped", [])
     splits[plan.split] = splits.get(plan.split, 0) + index["num_records"]
     face_fracs += index.get("face_detected_fraction", [])
+    written.update((plan.split, source) for source in index.get("sources", []))
+  # Only clips that made it into the shards (a clip that failed to decode is under "skipped").
+  missing = {kind: [{k: m[k] for k in ("source", "split", "reason")} for m in found
+                    if (m["split"], m["path"]) in written]
+             for kind, found in (("missing_values", inputs.missing_values),
+                                 ("missing_labels", inputs.missing_labels))}
   write_dataset_info(out_dir, inputs, options)
   report = {
       "written": sum(splits.values()),
       "skipped": skipped,
       "splits": splits,
+      **missing,
       "newly_encoded": written_now,
       "shards": {"kept": sorted(set(done) - {p.name for p in todo}),
                  "written": [p.name for p in todo]},
@@ -838,6 +912,16 @@ def summary_text(report: dict, out_dir: str) -> str:
       lines.append(f"    ... {len(report['skipped']) - 20} more in {REPORT_FILE}")
   else:
     lines.append("  skipped: none")
+  for kind, what, kept in (("missing_values", "no regression values", "NaN values"),
+                          ("missing_labels", "no class label", "label -1")):
+    found = report.get(kind) or []
+    if found:
+      lines.append(f"  warning: {len(found)} clip(s) have {what} (not in a list of their split); "
+                   f"kept with {kept}, listed under \"{kind}\":")
+      for m in found[:5]:
+        lines.append(f"    {m['source']}: {m['reason']}")
+      if len(found) > 5:
+        lines.append(f"    ... {len(found) - 5} more in {REPORT_FILE}")
   if "face_crop" in report:
     fc = report["face_crop"]
     lines.append(f"  face crop: mean detected fraction {fc['mean_detected_fraction']}, "

@@ -84,7 +84,10 @@ def test_round_trip_frames_and_videos(raw, tmp_path):
     assert np.abs(got.astype(np.int16) - want).mean() < 6.0, source
     assert clip["label"] == labels[source]
   np.testing.assert_allclose(clips[_frames(raw, 1)]["values"], [0.5, -0.25])
-  assert clips[_video(raw, 2)]["values"].shape == (0,)
+  # Clips the regression list misses keep their class, with NaN values, and are reported.
+  assert clips[_video(raw, 2)]["values"].shape == (2,)
+  assert np.isnan(clips[_video(raw, 2)]["values"]).all()
+  assert sorted(m["source"] for m in report["missing_values"]) == [f"{lst}:2", f"{lst}:3"]
   info = records.load_info(out)
   assert info["label_names"] == list(synthetic.EMOTIONS)
   assert info["splits"]["train"]["num_clips"] == 3

@@ -249,3 +249,87 @@ def test_file_names_that_are_not_utf8_get_escaped_distinct_ids(clips, tmp_path):
   source = records.ClipDataSource(out, "train")
   got = sorted((source[i]["id"], source[i]["label"]) for i in range(3))
   assert got == [("caf\\xe8", 1), ("caf\\xe9", 1), ("caf\u00e9", 1)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Lists that miss some clips: kept, flagged and reported, never silently filled.
+
+
+def _cls_and_va(clips, tmp_path):
+  """6 train clips with classes, 3 of them with valence/arousal; 2 test clips with both."""
+  paths = clips["paths"]
+  cls = [f"{p} {k % 2}" for k, p in enumerate(paths[:8])]
+  va = [f"{p} {0.1 * k:.2f} {-0.2 * k:.2f}" for k, p in enumerate(paths[:8])]
+  return {"train_cls": _write_list(tmp_path / "train_cls.txt", cls[:6]),
+          "train_va": _write_list(tmp_path / "train_va.txt", va[:3]),
+          "test_cls": _write_list(tmp_path / "test_cls.txt", cls[6:]),
+          "test_va": _write_list(tmp_path / "test_va.txt", va[6:])}
+
+
+def test_clips_without_regression_values_are_kept_flagged_and_reported(clips, tmp_path, capsys):
+  lists = _cls_and_va(clips, tmp_path)
+  out = str(tmp_path / "out")
+  argv = ["--list", f"train={lists['train_cls']}", "--regression", f"train={lists['train_va']}",
+          "--list", f"test={lists['test_cls']}", "--regression", f"test={lists['test_va']}",
+          "--value-names", "valence,arousal", "--out", out]
+  code, report = _prepare(argv)
+  err = capsys.readouterr().err
+  assert code == 0 and report["written"] == 8 and report["skipped"] == []
+  assert "warning: 3 clip(s) of split(s) train have no regression values" in err, err
+  missing = report["missing_values"]
+  assert [m["source"] for m in missing] == [f"{lists['train_cls']}:{k}" for k in (4, 5, 6)]
+  assert all(m["split"] == "train" and "not in the --regression list of split 'train'" in
+             m["reason"] and "NaN" in m["reason"] for m in missing)
+  assert report["missing_labels"] == []
+  source = records.ClipDataSource(out, "train")
+  by_name = {os.path.basename(source[i]["source"]): source[i] for i in range(len(source))}
+  for k in range(6):
+    clip = by_name[f"{k + 1:05d}"]
+    assert clip["label"] == k % 2  # the class survives either way
+    if k < 3:
+      np.testing.assert_allclose(clip["values"], [0.1 * k, -0.2 * k], atol=1e-6)
+    else:
+      assert clip["values"].shape == (2,) and np.isnan(clip["values"]).all()
+  info = records.load_info(out)
+  assert info["splits"]["train"]["clips_missing_values"] == 3
+  assert info["splits"]["test"]["clips_missing_values"] == 0
+  # The summary says it too.
+  summary = build.summary_text(report, out)
+  assert "warning: 3 clip(s) have no regression values" in summary
+  # --strict stops at the first, naming the line and what is missing.
+  code, _ = _prepare(argv[:-1] + [str(tmp_path / "strict"), "--strict"])
+  err = capsys.readouterr().err
+  assert code == 2 and f"{lists['train_cls']}:4: no regression values" in err, err
+
+
+def test_a_split_without_any_regression_list_and_clips_without_a_class(clips, tmp_path):
+  lists = _cls_and_va(clips, tmp_path)
+  # Second shape of the same gap: the test split's values were never given at all, and a
+  # regression line names a train clip that the class list lacks.
+  extra_va = _write_list(tmp_path / "train_va2.txt", open(lists["train_va"]).read().splitlines()
+                         + [f"{clips['paths'][12]} 0.5 0.5"])
+  out = str(tmp_path / "out")
+  code, report = _prepare(["--list", f"train={lists['train_cls']}", "--regression",
+                           f"train={extra_va}", "--list", f"test={lists['test_cls']}", "--out",
+                           out])
+  assert code == 0 and report["written"] == 9
+  by_split = {}
+  for m in report["missing_values"]:
+    by_split.setdefault(m["split"], []).append(m)
+  assert len(by_split["train"]) == 3 and len(by_split["test"]) == 2
+  assert "split 'test' has no --regression list" in by_split["test"][0]["reason"]
+  (lost,) = report["missing_labels"]
+  assert lost["source"] == f"{extra_va}:4" and "no class label" in lost["reason"]
+  source = records.ClipDataSource(out, "train")
+  stored = {os.path.basename(source[i]["source"]): source[i] for i in range(len(source))}
+  assert stored["00013"]["label"] == -1
+  np.testing.assert_allclose(stored["00013"]["values"], [0.5, 0.5])
+  # A regression-only dataset has no classes to miss; a classification-only one no values.
+  code, report = _prepare(["--regression", f"train={lists['train_va']}", "--out",
+                           str(tmp_path / "va_only")])
+  assert code == 0 and report["missing_values"] == report["missing_labels"] == []
+  code, report = _prepare(["--list", f"train={lists['train_cls']}", "--out",
+                           str(tmp_path / "cls_only")])
+  assert code == 0 and report["missing_values"] == report["missing_labels"] == []
+  assert records.ClipDataSource(str(tmp_path / "cls_only"), "train")[0]["values"].shape == (0,)
+
