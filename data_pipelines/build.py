@@ -25,6 +25,10 @@ Usage (through `python -m svfap_jax prepare ...`, or `main(argv)`):
   # Official dataset layouts (see data_pipelines/recipes.py).
   prepare --recipe dfew --src RAW_DIR --fold 1 --out DIR
 
+  # --out may be a URL (gs://bucket/dir, ...): every shard, index, dataset_info.json and
+  # prepare_report.json is written, and a re-run's resume scan read, through etils.epath.
+  prepare --recipe voxceleb2 --src /data/voxceleb2 --out gs://bucket/vox2
+
   # Any tree of videos / frame folders; the label is the parent folder's name when it is one of
   # --label-names (case-insensitive), else -1.
   prepare --src-dir DIR [--split train] [--label-names ...] --out DIR
@@ -64,6 +68,7 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import cv2
+from etils import epath
 import numpy as np
 
 from data_pipelines import face_crop as faces
@@ -72,6 +77,28 @@ from data_pipelines import recipes
 from data_pipelines import video_io
 
 REPORT_FILE = "prepare_report.json"
+
+
+def _in(out_dir: str, name: str) -> str:
+  """`name` inside the output directory, which may be a local path or a URL (gs://...)."""
+  return os.fspath(epath.Path(out_dir) / name)
+
+
+def check_out_dir(out_dir: str) -> str:
+  """`out_dir` if etils.epath can write there; every output file goes through epath.
+
+  Raises:
+    ValueError: a URL whose scheme epath does not know (it would otherwise become a local
+      folder named after the scheme).
+  """
+  out_dir = os.fspath(out_dir)
+  try:
+    epath.Path(out_dir)
+  except (KeyError, NotImplementedError):
+    scheme = out_dir.split("://", 1)[0]
+    raise ValueError(f"--out {out_dir}: cannot write to {scheme}:// URLs; give a local folder or "
+                     "a gs://, s3://, az:// or hf:// URL (written through etils.epath)") from None
+  return out_dir
 
 
 # ------------------------------------------------------------------------------------------------
@@ -637,16 +664,17 @@ def shard_is_complete(path: str, fingerprint: str) -> Optional[dict]:
     index = records.read_index(path)
   except (OSError, ValueError):
     return None
-  if index.get("fingerprint") != fingerprint or not os.path.exists(path):
+  shard = epath.Path(path)
+  if index.get("fingerprint") != fingerprint or not shard.exists():
     return None
-  if os.path.getsize(path) != index.get("file_size"):
+  if shard.stat().length != index.get("file_size"):
     return None
   try:
     offsets, lengths = records.scan_framing(path)
     if offsets != index["offsets"] or lengths != index["lengths"]:
       return None
     if offsets:  # the tail is the part an interrupted write would have lost
-      with open(path, "rb") as f:
+      with shard.open("rb") as f:
         f.seek(offsets[-1])
         records.unframe(path, len(offsets) - 1, offsets[-1], f.read(), lengths[-1])
   except records.CorruptRecordError:
@@ -657,16 +685,16 @@ def shard_is_complete(path: str, fingerprint: str) -> Optional[dict]:
 def remove_stale(out_dir: str, plans: Sequence[ShardPlan], say: Callable[[str], None]) -> None:
   """Deletes temporaries and shards of a different shard count for the splits being written."""
   counts = {p.split: p.count for p in plans}
-  for name in sorted(os.listdir(out_dir)):
-    path = os.path.join(out_dir, name)
+  for path in sorted(epath.Path(out_dir).iterdir()):
+    name = path.name
     if ".tmp-" in name and ".tfrecord-" in name:
-      os.remove(path)
+      path.unlink()
       continue
     base = name[:-len(records.INDEX_SUFFIX)] if name.endswith(records.INDEX_SUFFIX) else name
     parsed = records.parse_shard_name(base)
     if parsed and parsed[0] in counts and parsed[2] != counts[parsed[0]]:
       say(f"removing stale {name} (split {parsed[0]!r} now has {counts[parsed[0]]} shards)")
-      os.remove(path)
+      path.unlink()
 
 
 class _ShardWriter:
@@ -674,7 +702,7 @@ class _ShardWriter:
 
   def __init__(self, out_dir: str, plan: ShardPlan, options: PrepareOptions):
     self.plan = plan
-    self.final = os.path.join(out_dir, plan.name)
+    self.final = _in(out_dir, plan.name)
     self.tmp = f"{self.final}.tmp-{os.getpid()}"
     self.writer = records.TFRecordWriter(self.tmp)
     self.meta: list[dict] = []
@@ -714,17 +742,18 @@ class _ShardWriter:
         "skipped": self.skipped,
         "missing_values": sum(1 for x in m if x["values_missing"]),
     }
-    index_path = self.final + records.INDEX_SUFFIX
-    if os.path.exists(index_path):
-      os.remove(index_path)  # the old index must never describe the new shard
-    os.replace(self.tmp, self.final)
-    records.write_json_atomic(index_path, index)
+    index_path = epath.Path(self.final + records.INDEX_SUFFIX)
+    if index_path.exists():
+      index_path.unlink()  # the old index must never describe the new shard
+    epath.Path(self.tmp).replace(self.final)
+    records.write_json_atomic(os.fspath(index_path), index)
     return index
 
   def abort(self) -> None:
     self.writer.close()
-    if os.path.exists(self.tmp):
-      os.remove(self.tmp)
+    tmp = epath.Path(self.tmp)
+    if tmp.exists():
+      tmp.unlink()
 
 
 def _run_jobs(jobs: list, workers: int) -> Iterator:
@@ -759,12 +788,7 @@ def _one_base(bases: set):
 
 def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) -> dict:
   """Rebuilds dataset_info.json from every complete split in `out_dir`."""
-  previous = {}
-  if os.path.exists(os.path.join(out_dir, records.INFO_FILE)):
-    try:
-      previous = records.load_info(out_dir)
-    except (OSError, ValueError):
-      previous = {}
+  previous = _previous_info(out_dir)
   label_names = list(inputs.label_names) if inputs.label_names else None
   earlier = previous.get("label_names")
   if earlier and (label_names is None or (inputs.label_names_inferred
@@ -802,7 +826,7 @@ def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) ->
       "splits": splits,
       "features": records.FEATURES,
   }
-  records.write_json_atomic(os.path.join(out_dir, records.INFO_FILE), info)
+  records.write_json_atomic(_in(out_dir, records.INFO_FILE), info)
   return info
 
 
@@ -815,19 +839,21 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
     StrictStop: with `strict`, at the first input that cannot be used.
   """
   options.validate()
+  out_dir = check_out_dir(out_dir)
   if clips_per_shard < 1 or (num_shards is not None and num_shards < 1):
     raise ValueError("--num-shards and --clips-per-shard must be >= 1")
   start = time.time()
-  os.makedirs(out_dir, exist_ok=True)
-  report_path = os.path.join(out_dir, REPORT_FILE)
-  if os.path.exists(report_path):
-    os.remove(report_path)  # a stopped run must not leave the previous run's report behind
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  report_path = _in(out_dir, REPORT_FILE)
+  if epath.Path(report_path).exists():
+    # A stopped run must not leave the previous run's report behind.
+    epath.Path(report_path).unlink()
   plans = plan_shards(inputs.tasks, options, num_shards, clips_per_shard)
   remove_stale(out_dir, plans, say)
   done: dict[str, dict] = {}
   todo: list[ShardPlan] = []
   for plan in plans:
-    index = shard_is_complete(os.path.join(out_dir, plan.name), plan.fingerprint)
+    index = shard_is_complete(_in(out_dir, plan.name), plan.fingerprint)
     if index is not None:
       done[plan.name] = index
     else:
@@ -926,7 +952,7 @@ def summary_text(report: dict, out_dir: str) -> str:
     fc = report["face_crop"]
     lines.append(f"  face crop: mean detected fraction {fc['mean_detected_fraction']}, "
                  f"{fc['clips_without_face']} clip(s) without a face (centre crop)")
-  lines.append(f"  report: {os.path.join(out_dir, REPORT_FILE)}")
+  lines.append(f"  report: {_in(out_dir, REPORT_FILE)}")
   return "\n".join(lines)
 
 
@@ -1005,6 +1031,7 @@ def main(argv: Sequence[str]) -> int:
   say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
   try:
     options = options_from_args(args).validate()
+    check_out_dir(args.out)
     inputs = collect_inputs(args)
     for w in inputs.warnings:
       print(f"prepare: warning: {w}", file=sys.stderr)

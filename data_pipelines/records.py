@@ -438,11 +438,14 @@ def frame_record(data: bytes) -> bytes:
 
 
 class TFRecordWriter:
-  """Appends framed records to one file and remembers each record's offset and length."""
+  """Appends framed records to one file and remembers each record's offset and length.
+
+  `path` may be a URL (gs://...), written through etils.epath.
+  """
 
   def __init__(self, path: str):
-    self.path = path
-    self._f = open(path, "wb")
+    self.path = os.fspath(path)
+    self._f = _open(self.path, "wb")
     self.offsets: list[int] = []
     self.lengths: list[int] = []
     self._pos = 0
@@ -463,7 +466,8 @@ class TFRecordWriter:
   def close(self) -> None:
     if not self._f.closed:
       self._f.flush()
-      os.fsync(self._f.fileno())
+      if is_local(self.path):
+        os.fsync(self._f.fileno())
       self._f.close()
 
   def __enter__(self):
@@ -689,10 +693,20 @@ def list_splits(dataset_dir: str) -> list[str]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON so that readers see the old file or the whole new one.
+
+  Local files go through a temporary name and a rename; URLs (gs://...) through etils.epath,
+  whose object stores publish an object only once it is completely written.
+  """
+  path = os.fspath(path)
+  text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
+  if not is_local(path):
+    with _open(path, "w") as f:
+      f.write(text)
+    return
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
+    f.write(text)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)

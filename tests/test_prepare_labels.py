@@ -333,3 +333,84 @@ def test_a_split_without_any_regression_list_and_clips_without_a_class(clips, tm
   assert code == 0 and report["missing_values"] == report["missing_labels"] == []
   assert records.ClipDataSource(str(tmp_path / "cls_only"), "train")[0]["values"].shape == (0,)
 
+
+# ------------------------------------------------------------------------------------------------
+# --out URLs: written through etils.epath, never into a local folder named "gs:".
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """Routes gs://bucket/... through etils.epath to a local folder, offline.
+
+  epath's own test hook (`epath.testing.mock_epath`) swaps the storage backend of every URL
+  scheme for one whose calls we wrap; TensorFlow's gfile backend (preferred when TF is
+  installed) is turned off so that the hook applies. Every path epath is asked about is
+  recorded, so the test can check that the URL, not a local look-alike, reached epath.
+  Yields {"root": local folder standing for gs://bucket, "calls": [path strings]}.
+  """
+  from etils.epath import gpath  # pylint: disable=import-outside-toplevel
+  from etils.epath import testing  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / "bucket")
+  os.makedirs(root)
+  calls = []
+
+  def to_local(path):
+    path = os.fspath(path)
+    calls.append(path)
+    return root + path[len("gs://bucket"):] if path.startswith("gs://bucket") else path
+
+  def wrap(name):
+    def call(original, path, *args, **kwargs):
+      if name in ("rename", "replace", "copy"):
+        return original(to_local(path), to_local(args[0]), *args[1:], **kwargs)
+      out = original(to_local(path), *args, **kwargs)
+      if name == "glob":
+        out = ["gs://bucket" + o[len(root):] if o.startswith(root) else o for o in out]
+      return out
+    return call
+
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  names = ("open", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename",
+           "replace", "rmtree", "stat", "walk", "copy")
+  with testing.mock_epath(**{n: wrap(n) for n in names}):
+    yield {"root": root, "calls": calls}
+
+
+def test_out_url_is_written_and_resumed_through_epath(clips, tmp_path, monkeypatch, fake_gcs):
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  lst = _write_list(tmp_path / "l.txt", [f"{p} {k % 7}" for k, p in enumerate(clips["paths"])])
+  url = "gs://bucket/runs/ds"
+  argv = ["--list", f"train={lst}", "--out", url, "--num-shards", "2"]
+  assert build.main(argv + ["--quiet", "--short-side", "16"]) == 0
+  assert not os.listdir(cwd), os.listdir(cwd)  # no local "gs:" folder, nothing else either
+  local = os.path.join(fake_gcs["root"], "runs", "ds")
+  names = sorted(os.listdir(local))
+  shards = [records.shard_name("train", i, 2) for i in range(2)]
+  assert names == sorted(shards + [s + records.INDEX_SUFFIX for s in shards]
+                         + [records.INFO_FILE, build.REPORT_FILE]), names
+  assert any(c.startswith(url) and c.endswith(records.INFO_FILE) for c in fake_gcs["calls"])
+  # What went to the "bucket" reads back through the URL like a local dataset.
+  source = records.ClipDataSource(url, "train")
+  assert sorted((os.path.basename(source[i]["source"]), source[i]["label"])
+                for i in range(len(source))) == [(f"{k + 1:05d}", k % 7) for k in range(14)]
+  assert records.load_info(url)["splits"]["train"]["num_clips"] == 14
+  # A re-run finds the finished shards through the URL and keeps them.
+  assert build.main(argv + ["--quiet", "--short-side", "16"]) == 0
+  with open(os.path.join(local, build.REPORT_FILE), encoding="utf-8") as f:
+    report = json.load(f)
+  assert report["shards"]["kept"] == shards and report["newly_encoded"] == 0
+  # Another shard count removes the stale ones there.
+  assert build.main(argv[:-1] + ["3", "--quiet", "--short-side", "16"]) == 0
+  assert sorted(n for n in os.listdir(local) if ".tfrecord-" in n and n.endswith("-of-00002")) == []
+  assert not os.listdir(cwd)
+
+
+def test_out_url_with_an_unknown_scheme_is_refused(clips, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  lst = _write_list(tmp_path / "l.txt", [f"{clips['paths'][0]} 0"])
+  assert build.main(["--list", lst, "--out", "foo://bucket/ds", "--quiet"]) == 1
+  err = capsys.readouterr().err
+  assert "cannot write to foo:// URLs" in err and "Traceback" not in err
+  assert os.listdir(tmp_path) == ["l.txt"]
