@@ -1,7 +1,7 @@
 """The `make demo` runs: a small TPSBT on the built-in synthetic face clips, on 2 CPU cores.
 
   python -m svfap_jax pretrain --config configs/demo.py:pretrain --workdir P \
-      --config.data.dir=D --config.total_steps=N
+      --config.data.dir=D --config.total_steps=1000
   python -m svfap_jax finetune --config configs/demo.py:finetune --workdir W \
       --config.data.dir=D --config.init_from=P
 

@@ -5,7 +5,8 @@ warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1
 0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
 reaches: see `configs.common.DATASETS['avcaffe']['paper']`.
 
-  python -m svfap_jax prepare --list train=avcaffe_arousal_train.txt --list test=avcaffe_arousal_test.txt --out DATA
+  python -m svfap_jax prepare --list train=avcaffe_arousal_train.txt \
+      --list test=avcaffe_arousal_test.txt --num-classes 5 --out DATA
   python -m svfap_jax finetune --config configs/finetune_avcaffe.py --workdir W \
       --config.data.dir=DATA --config.init_from=PRETRAIN_WORKDIR
 

@@ -5,9 +5,14 @@ warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1
 0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
 reaches: see `configs.common.DATASETS['dfew']['paper']`.
 
-  python -m svfap_jax prepare --recipe dfew --out DATA
+  python -m svfap_jax prepare --recipe dfew --src /data/DFEW --fold 1 --out /data/dfew_fold1
   python -m svfap_jax finetune --config configs/finetune_dfew.py:fold=1 --workdir W \
-      --config.data.dir=DATA --config.init_from=PRETRAIN_WORKDIR
+      --config.data.dir=/data/dfew_fold1 --config.init_from=PRETRAIN_WORKDIR
+  python -m svfap_jax kfold --config configs/finetune_dfew.py --workdir K \
+      --config.data.dir=/data/dfew_fold{fold} --config.init_from=PRETRAIN_WORKDIR
+
+One prepared dataset per fold (--fold 1..5); DFEW's label files count classes 1..7, which the
+recipe maps to 0..6 (dataset_info.json records label_base 1).
 
 Meant for one 8-GPU host or a v4-8 (bf16); preset args: fold=N, model=svfap_small, bf16=false.
 """

@@ -5,9 +5,10 @@ warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1
 0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
 reaches: see `configs.common.DATASETS['enterface05']['paper']`.
 
-  python -m svfap_jax prepare --recipe enterface05 --out DATA
+  python -m svfap_jax prepare --recipe enterface05 --src /data/eNTERFACE05 --fold 1 \
+      --out /data/enterface05_fold1
   python -m svfap_jax finetune --config configs/finetune_enterface05.py:fold=1 --workdir W \
-      --config.data.dir=DATA --config.init_from=PRETRAIN_WORKDIR
+      --config.data.dir=/data/enterface05_fold1 --config.init_from=PRETRAIN_WORKDIR
 
 Meant for one 8-GPU host or a v4-8 (bf16); preset args: fold=N, model=svfap_small, bf16=false.
 """

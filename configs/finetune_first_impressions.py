@@ -5,9 +5,13 @@ warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1
 0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
 reaches: see `configs.common.DATASETS['first_impressions']['paper']`.
 
-  python -m svfap_jax prepare --list train=fi_train.txt --list test=fi_test.txt --regression --out DATA
+  python -m svfap_jax prepare --regression train=fi_train.txt --regression test=fi_test.txt \
+      --value-names openness,conscientiousness,extraversion,agreeableness,neuroticism --out DATA
   python -m svfap_jax finetune --config configs/finetune_first_impressions.py --workdir W \
       --config.data.dir=DATA --config.init_from=PRETRAIN_WORKDIR
+
+The `<path> O C E A N` lists come from the annotation pickles through
+`data_pipelines.recipes.convert_first_impressions(pkl, video_dir, out_list)`.
 
 Meant for one 8-GPU host or a v4-8 (bf16); preset args: fold=N, model=svfap_small, bf16=false.
 """

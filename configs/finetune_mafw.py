@@ -5,9 +5,9 @@ warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1
 0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
 reaches: see `configs.common.DATASETS['mafw']['paper']`.
 
-  python -m svfap_jax prepare --recipe mafw --out DATA
+  python -m svfap_jax prepare --recipe mafw --src /data/MAFW --fold 1 --out /data/mafw_fold1
   python -m svfap_jax finetune --config configs/finetune_mafw.py:fold=1 --workdir W \
-      --config.data.dir=DATA --config.init_from=PRETRAIN_WORKDIR
+      --config.data.dir=/data/mafw_fold1 --config.init_from=PRETRAIN_WORKDIR
 
 Meant for one 8-GPU host or a v4-8 (bf16); preset args: fold=N, model=svfap_small, bf16=false.
 """

@@ -1013,6 +1013,24 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """What argparse cannot say alone: an input is needed, --recipe needs --src, fold in range.
+
+  Exits through `parser.error` (status 2, usage + message) on a bad combination.
+  """
+  if not (args.list or args.regression or args.src_dir or args.recipe):
+    parser.error("give at least one input: --list, --regression, --src-dir or --recipe")
+  if args.recipe and not args.src:
+    parser.error(f"--recipe {args.recipe} needs --src RAW_DATASET_DIR (the dataset's root)")
+  if args.src and not args.recipe:
+    parser.error("--src is the raw dataset root for --recipe; for a plain tree of videos use "
+                 "--src-dir")
+  if args.recipe:
+    folds = recipes.NUM_FOLDS.get(recipes.canonical_name(args.recipe))
+    if folds is not None and not 1 <= args.fold <= folds:
+      parser.error(f"--fold {args.fold}: {args.recipe} has folds 1..{folds}")
+
+
 def options_from_args(args: argparse.Namespace) -> PrepareOptions:
   return PrepareOptions(
       short_side=args.short_side, jpeg_quality=args.jpeg_quality, face_crop=args.face_crop,
@@ -1026,8 +1044,7 @@ def main(argv: Sequence[str]) -> int:
   """`prepare` entry point; returns the process exit code."""
   parser = build_parser()
   args = parser.parse_args(list(argv))
-  if not (args.list or args.regression or args.src_dir or args.recipe):
-    parser.error("give at least one input: --list, --regression, --src-dir or --recipe")
+  check_args(parser, args)
   say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
   try:
     options = options_from_args(args).validate()

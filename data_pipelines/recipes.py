@@ -393,6 +393,12 @@ NUM_FOLDS = {"dfew": 5, "ferv39k": 1, "mafw": 5, "crema_d": 5, "ravdess": 6, "en
 NUMERIC_LABEL_RECIPES = ("ferv39k", "mafw")
 
 
+def canonical_name(name: str) -> str:
+  """'CREMA-D' -> 'crema_d', 'enterface' -> 'enterface05' (the keys of RECIPES)."""
+  key = name.lower().replace("-", "_")
+  return {"enterface": "enterface05", "cremad": "crema_d"}.get(key, key)
+
+
 def run_recipe(name: str, src: str, fold: int = 1,
                label_base: Optional[int] = None) -> RecipeResult:
   """Runs recipe `name` on the raw dataset at `src`.
@@ -405,8 +411,7 @@ def run_recipe(name: str, src: str, fold: int = 1,
   Raises:
     RecipeError: unknown recipe, a layout that does not match, or ambiguous numeric labels.
   """
-  key = name.lower().replace("-", "_")
-  key = {"enterface": "enterface05", "cremad": "crema_d"}.get(key, key)
+  key = canonical_name(name)
   if key not in RECIPES:
     raise RecipeError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
   if key in NUMERIC_LABEL_RECIPES:
