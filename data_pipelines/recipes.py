@@ -31,12 +31,15 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import os
 import pickle
 import re
 from typing import Callable, Iterable, Optional, Sequence
 
 from data_pipelines import video_io
+
+log = logging.getLogger(__name__)
 
 DFEW_LABELS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 FERV39K_LABELS = DFEW_LABELS
@@ -531,7 +534,9 @@ def convert_first_impressions(annotation_pkl: str, video_dir: str, out_path: str
   """ChaLearn First Impressions (v2) annotation pickle -> `<path> O C E A N` regression list.
 
   The pickle maps trait name -> {video file name: score in [0, 1]} (also an "interview" key,
-  ignored unless listed in `traits`). Videos missing any trait are left out.
+  ignored unless listed in `traits`). Videos missing any trait are left out of the list, with a
+  logged warning that counts them and names the first few with the traits they lack (a
+  `prepare` class list naming them then reports them under "missing_values").
 
   Raises:
     ValueError: the pickle is not shaped like that.
@@ -545,5 +550,12 @@ def convert_first_impressions(annotation_pkl: str, video_dir: str, out_path: str
     raise ValueError(f"{annotation_pkl}: traits {missing} absent; it has {sorted(keys)}")
   tables = [data[keys[t.lower()]] for t in traits]
   videos = sorted(set.intersection(*(set(t) for t in tables)), key=video_io.natural_key)
+  partial = sorted(set.union(*(set(t) for t in tables)) - set(videos), key=video_io.natural_key)
+  if partial:
+    lacking = [f"{v} (no {', '.join(n for n, t in zip(traits, tables) if v not in t)})"
+               for v in partial[:5]]
+    log.warning("%s: %d video(s) lack some of the traits and are left out of %s: %s%s",
+                annotation_pkl, len(partial), out_path, "; ".join(lacking),
+                " ..." if len(partial) > 5 else "")
   rows = [(os.path.join(video_dir, v), [float(t[v]) for t in tables]) for v in videos]
   return write_regression_list(rows, out_path)

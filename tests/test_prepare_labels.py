@@ -494,3 +494,17 @@ def test_config_docstring_commands_parse(monkeypatch):
   assert not problems, "\n".join(problems)
   # Ten dataset configs show how to prepare their data; demo.py shows training only.
   assert seen["prepare"] == 10 and seen["train"] >= 12, seen
+
+
+def test_first_impressions_videos_without_every_trait_are_counted(tmp_path, caplog):
+  import pickle  # pylint: disable=import-outside-toplevel
+  traits = {t: {"v1.mp4": 0.5, "v2.mp4": 0.25} for t in recipes.BIG_FIVE}
+  del traits["neuroticism"]["v2.mp4"]
+  traits["openness"]["v3.mp4"] = 0.75
+  pkl = tmp_path / "annotation.pkl"
+  pkl.write_bytes(pickle.dumps(traits, protocol=2))
+  with caplog.at_level("WARNING", logger="data_pipelines.recipes"):
+    n = recipes.convert_first_impressions(str(pkl), "/fi", str(tmp_path / "fi.txt"))
+  assert n == 1
+  assert "2 video(s) lack some of the traits" in caplog.text
+  assert "v2.mp4 (no neuroticism)" in caplog.text and "v3.mp4 (no conscientiousness" in caplog.text
