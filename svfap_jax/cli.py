@@ -24,6 +24,7 @@ COMMANDS = {
     "predict": ("svfap_jax.predict", "predict_main", "face crop + per-window emotion scores"),
     "extract": ("svfap_jax.predict", "extract_main", "face crop + per-window/per-video embeddings"),
     "compile": ("svfap_jax.aot", "main", "ahead-of-time compile + memory check for a mesh"),
+    "probe": ("svfap_jax.cli", "probe_main", "k-NN / linear probe of frozen encoder embeddings"),
 }
 
 
@@ -51,8 +52,25 @@ def export_main(argv: list[str]) -> int:
 
 
 def import_main(argv: list[str]) -> int:
-  from svfap_jax.train import export as export_lib  # pylint: disable=g-import-not-at-top
-  return export_lib.import_main(argv)
+  """`svfap import`; a file that cannot be read or does not fit the model is a short error."""
+  # pylint: disable=g-import-not-at-top
+  from svfap_jax.interop import files, load
+  from svfap_jax.train import export as export_lib
+  # pylint: enable=g-import-not-at-top
+  try:
+    return export_lib.import_main(argv)
+  except (load.CheckpointMismatchError, files.CheckpointFormatError, FileNotFoundError) as e:
+    print(f"svfap import: error: {e}", file=sys.stderr)
+  except KeyError as e:  # an unregistered --model name
+    if not str(e.args[0] if e.args else "").startswith("unknown model"):
+      raise
+    print(f"svfap import: error: {e.args[0]}", file=sys.stderr)
+  return 1
+
+
+def probe_main(argv: list[str]) -> int:
+  from svfap_jax import probe  # pylint: disable=g-import-not-at-top
+  return probe.main(argv)
 
 
 def _usage() -> str:

@@ -68,6 +68,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("builtins", "set"): set,
+        ("__builtin__", "set"): set,  # torch.save pickles with protocol 2
+        # DeepSpeed stores parameter shapes as torch.Size, a tuple.
+        ("torch", "Size"): tuple,
     }
     if (module, name) in allowed:
       return allowed[(module, name)]
@@ -114,27 +117,83 @@ def _to_numpy(value):
   return np.asarray(value)
 
 
-def _unwrap_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
-  """Finds the tensor dict inside common checkpoint wrappers ({'model': ...}, {'module': ...})."""
+class StateDict(dict):
+  """{key: numpy array} read from a file; `origin` says where in the file the weights were found
+  (e.g. "weights under 'model'; not used: 'model_ema'"), '' for a flat file."""
+  origin: str = ""
+
+
+# Names under which training code stores the model weights, most usual first; an exponential moving
+# average copy is taken only when the file has no plain weights.
+_WEIGHT_CONTAINERS = ("model", "module", "state_dict", "model_state", "model_state_dict")
+_EMA_CONTAINERS = ("model_ema", "ema", "state_dict_ema", "ema_state_dict", "ema_model")
+_NOT_WEIGHTS = ("optimizer", "optimizer_states", "optimizer_state", "optim", "lr_scheduler",
+                "lr_schedulers", "scheduler", "scaler", "loops", "callbacks")
+
+
+def _is_tensor(value) -> bool:
+  return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _holds_tensors(obj, depth: int = 4) -> bool:
+  if not isinstance(obj, Mapping) or depth == 0:
+    return False
+  return any(_is_tensor(v) or _holds_tensors(v, depth - 1) for v in obj.values())
+
+
+def _find_weights(obj: Mapping, where: list[str], unused: list[str]) -> Mapping:
+  """Descends through checkpoint containers to the dict of tensors; records the path taken."""
+  named = [k for k in _WEIGHT_CONTAINERS + _EMA_CONTAINERS
+           if isinstance(obj.get(k), Mapping) and _holds_tensors(obj[k])]
+  if not named and not any(_is_tensor(v) for v in obj.values()):
+    # One container of another name (e.g. {'weights': {...}, 'epoch': 3}) is unambiguous.
+    named = [k for k, v in obj.items()
+             if isinstance(k, str) and k not in _NOT_WEIGHTS and _holds_tensors(v)]
+    if len(named) != 1:
+      return obj
+  if not named:
+    return obj
+  where.append(named[0])
+  unused += [repr(k) for k in named[1:]]
+  return _find_weights(obj[named[0]], where, unused)
+
+
+def _unwrap_state_dict(obj: Any, path: str) -> StateDict:
+  """Finds the tensor dict inside common checkpoint wrappers ({'model': ...}, {'state_dict': ...},
+  DeepSpeed's {'module': ...}, EMA copies) and converts it to numpy."""
   if isinstance(obj, Mapping):
-    for key in ("model", "module", "state_dict", "model_state"):
-      if key in obj and isinstance(obj[key], Mapping):
-        return _unwrap_state_dict(obj[key], path)
-    tensors = {k: v for k, v in obj.items() if hasattr(v, "shape")}
+    where, unused = [], []
+    found = _find_weights(obj, where, unused)
+    tensors = StateDict((k, _to_numpy(v)) for k, v in found.items() if _is_tensor(v))
     if tensors:
-      return {k: _to_numpy(v) for k, v in tensors.items()}
-  raise CheckpointFormatError(f"{path}: found no state_dict (a dict of tensors, optionally under "
-                              "'model', 'module' or 'state_dict')")
+      if where:
+        tensors.origin = "weights under " + "".join(f"[{k!r}]" for k in where)
+        if unused:
+          tensors.origin += f" (not used: {', '.join(unused)})"
+      return tensors
+  raise CheckpointFormatError(
+      f"{path}: found no state_dict (a dict of tensors, optionally under "
+      f"{', '.join(repr(k) for k in _WEIGHT_CONTAINERS + _EMA_CONTAINERS)})")
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a `.pth`/`.pt`/`.bin` or `.safetensors` checkpoint into {key: numpy array}."""
+def load_state_dict(path: str) -> StateDict:
+  """Reads a `.pth`/`.pt`/`.bin` or `.safetensors` checkpoint into {key: numpy array}.
+
+  Half-precision tensors keep their dtype (bfloat16 is read as float32 through torch). In a `.pth`
+  holding more than weights, the weights under 'model', 'module', 'state_dict', 'model_state' or
+  'model_state_dict' are taken, else an EMA copy ('model_ema', 'ema', ...); the result's `origin`
+  says which.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    CheckpointFormatError: the file is not a checkpoint, holds code, or holds no tensors.
+  """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return dict(load_file(path))
+    return StateDict(load_file(path))
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
