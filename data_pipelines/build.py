@@ -586,9 +586,10 @@ def process_clip(task: ClipTask, options: PrepareOptions) -> tuple[str, Any, dic
   """
   cap = options.short_side * (options.face_source_factor if options.face_crop else 1)
   try:
-    frames, fps, source_fps = video_io.read_with(
+    decoded = video_io.read_with(
         video_io.read_clip, task.path, max_frames=options.max_frames, target_fps=options.fps,
         folder_fps=options.folder_fps, max_short_side=cap)
+    frames, fps, source_fps = decoded.frames, decoded.fps, decoded.source_fps
     if len(frames) < options.min_frames:
       return "skip", f"only {len(frames)} frames (--min-frames {options.min_frames})", {}
     meta: dict[str, Any] = {}

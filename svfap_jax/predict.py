@@ -37,15 +37,17 @@ Front end (shared by `predict`, `extract` and the Python API):
 `predict` JSON (one object per video; a list of them for a list input):
   {
     "video": str,                 # the path as given
-    "fps": float,                 # rate of the decoded frames (after any target_fps resampling)
+    "fps": float,                 # nominal rate of the decoded frames (after any target_fps
+                                  # resampling; the average rate of a variable-rate file)
     "num_frames": int,            # decoded frames
-    "duration_s": float,          # num_frames / fps
+    "duration_s": float,          # when the last decoded frame stops being shown
     "model": str,                 # registry name, e.g. "svfap_base"
     "task": "classification" | "regression",
     "labels": [str, ...],         # class names (regression: value names)
     "windows": [{
         "index": int,
-        "start_s": float, "end_s": float,      # start_frame / fps, (end_frame + 1) / fps
+        "start_s": float, "end_s": float,      # when start_frame is shown and when end_frame
+                                               # gives way to the next frame
         "start_frame": int, "end_frame": int,  # first and last sampled frame (inclusive)
         "probs": [float, ...],                 # classification: softmax, one per label
         "values": [float, ...],                # regression instead of "probs"
@@ -64,6 +66,9 @@ Front end (shared by `predict`, `extract` and the Python API):
                                   # stride, rate, target_fps, detector settings, source of the spec
     "warnings": [str, ...],
   }
+Every time is in seconds from the start of the video stream, taken from the frames' presentation
+timestamps as a player shows them (variable frame rates keep their real timeline; frame folders
+run at their declared rate). Frames are turned upright by the file's rotation flag first.
 A video that cannot be used gives {"video": path, "error": reason} in list mode (other videos go
 on; the exit status is 1). With face crop on, a video without any detected face is an error.
 
@@ -353,7 +358,14 @@ class PreparedVideo:
   prep: Preprocessing
   preprocessing: dict
   warnings: list[str]
+  times: np.ndarray              # float64 (num_frames,): seconds each frame is shown at
+  ends: np.ndarray               # float64 (num_frames,): seconds each frame gives way at
   frames: Optional[list] = None  # decoded frames, kept only for rendering
+
+  @property
+  def duration_s(self) -> float:
+    """Seconds from the stream start until the last decoded frame stops being shown."""
+    return float(self.ends[-1])
 
   def clip(self, k: int) -> np.ndarray:
     return np.stack([self.crops[int(i)] for i in self.indices[k]])
@@ -361,7 +373,7 @@ class PreparedVideo:
   def no_face_frames(self) -> list[dict]:
     if self.detected is None:
       return []
-    return [{"frame": int(i), "time_s": round(i / self.fps, 4)}
+    return [{"frame": int(i), "time_s": round(float(self.times[i]), 4)}
             for i in np.flatnonzero(~self.detected)]
 
   def no_face_spans(self) -> list[dict]:
@@ -371,7 +383,8 @@ class PreparedVideo:
     edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
     for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
       spans.append({"start_frame": int(a), "end_frame": int(b - 1),
-                    "start_s": round(a / self.fps, 4), "end_s": round(b / self.fps, 4)})
+                    "start_s": round(float(self.times[a]), 4),
+                    "end_s": round(float(self.ends[b - 1]), 4)})
     return spans
 
 
@@ -393,6 +406,7 @@ def prepare_video(path: str, prep: Preprocessing, *, window: int, stride: int, r
   decoded = video_io.read_with(video_io.read_clip, path, target_fps=prep.target_fps,
                                folder_fps=prep.folder_fps, max_short_side=prep.decode_short_side)
   frames, fps = decoded.frames, float(decoded.fps)
+  times, ends = np.asarray(decoded.times, np.float64), decoded.shown_until()
   n = len(frames)
   track = None
   if prep.face_crop:
@@ -412,7 +426,8 @@ def prepare_video(path: str, prep: Preprocessing, *, window: int, stride: int, r
     end = int(idx[-1])
     face_fraction = None if track is None else float(np.mean(track.detected[idx]))
     windows.append({
-        "index": k, "start_s": round(start / fps, 4), "end_s": round((end + 1) / fps, 4),
+        "index": k, "start_s": round(float(times[start]), 4),
+        "end_s": round(float(ends[end]), 4),
         "start_frame": int(start), "end_frame": end,
         "face_fraction": None if face_fraction is None else round(face_fraction, 4),
         "mostly_no_face": bool(face_fraction is not None and face_fraction < MIN_FACE_FRACTION),
@@ -429,7 +444,7 @@ def prepare_video(path: str, prep: Preprocessing, *, window: int, stride: int, r
   return PreparedVideo(path=path, fps=fps, num_frames=n, windows=windows, indices=indices,
                        crops=crops, detected=None if track is None else track.detected,
                        track=track, prep=prep, preprocessing=described, warnings=notes,
-                       frames=frames if keep_frames else None)
+                       times=times, ends=ends, frames=frames if keep_frames else None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -667,7 +682,7 @@ def _result(predictor: Predictor, video: PreparedVideo, scores: np.ndarray) -> d
     row["face_fraction"] = w["face_fraction"]
     row["mostly_no_face"] = w["mostly_no_face"]
     windows.append(row)
-  duration = video.num_frames / video.fps
+  duration = video.duration_s
   return {
       "video": video.path, "fps": round(video.fps, 6), "num_frames": video.num_frames,
       "duration_s": round(duration, 4), "model": predictor.name, "task": predictor.task,
@@ -803,7 +818,7 @@ def extract(model_or_workdir, paths: Union[str, Sequence[str]], *, window: Optio
       continue
     results.append({
         "video": item.path, "fps": round(item.fps, 6), "num_frames": item.num_frames,
-        "duration_s": round(item.num_frames / item.fps, 4), "model": predictor.name,
+        "duration_s": round(item.duration_s, 4), "model": predictor.name,
         "embedding_dim": int(feats.shape[1]), "windows": [dict(w) for w in item.windows],
         "no_face_frames": item.no_face_frames(), "no_face_spans": item.no_face_spans(),
         "preprocessing": item.preprocessing, "warnings": list(item.warnings),
@@ -961,7 +976,7 @@ def render(result: dict, prepared: PreparedVideo, out: str) -> str:
     cv2.rectangle(canvas, p0, p1, color, 2)
     if not face_seen:
       _text(canvas, "no face", (p0[0] + 4, p0[1] + 18), 0.5, color)
-    _text(canvas, f"{t / prepared.fps:6.2f} s", (8, fh - 10), 0.5, (255, 255, 255))
+    _text(canvas, f"{prepared.times[t]:6.2f} s", (8, fh - 10), 0.5, (255, 255, 255))
     scores = per_frame[t]
     best = int(np.argmax(scores)) if classification else -1
     for k, name in enumerate(labels):
@@ -976,7 +991,9 @@ def render(result: dict, prepared: PreparedVideo, out: str) -> str:
       _text(canvas, name[:11], (x, y + row_h - 8), font, (235, 235, 235))
       _text(canvas, f"{value:.2f}", (bar_x + 2, y + row_h - 8), font * 0.9, (255, 255, 255))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  video_io.write_video(out, rendered, prepared.fps)
+  # The overlay keeps the clip's own timeline (millisecond timestamps) unless frames come faster.
+  times = prepared.times if np.all(np.diff(np.round(prepared.times * 1000)) > 0) else None
+  video_io.write_video(out, rendered, prepared.fps, times=times)
   return out
 
 

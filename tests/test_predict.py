@@ -162,6 +162,83 @@ def test_short_clip_frame_folder_and_a_create_model_model(carphone, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# Times from timestamps; rotated phone clips.
+# ------------------------------------------------------------------------------------------------
+
+
+def _vfr_clip(tmp_path):
+  """50 frames at 25 fps then 20 at 5 fps (6 s); returns (path, true times, true end times)."""
+  t = np.array([i * 0.04 for i in range(50)] + [2.0 + j * 0.2 for j in range(20)])
+  frames = synthetic.render_clip(3, 70, 64, np.random.default_rng(5))
+  path = str(tmp_path / "vfr.mp4")
+  video_io.write_video(path, frames, 25.0, times=t)
+  return path, t, np.append(t[1:], 6.0)
+
+
+def test_window_times_come_from_the_timestamps(tmp_path):
+  path, true_t, true_end = _vfr_clip(tmp_path)
+  prep = predict.Preprocessing(img_size=64, short_side=70)
+  prepared = predict.prepare_video(path, prep, window=16, stride=4, rate=2)
+  assert prepared.num_frames == 70 and len(prepared.windows) == 10
+  for w in prepared.windows:
+    a, b = w["start_frame"], w["end_frame"]
+    assert w["start_s"] == pytest.approx(true_t[a], abs=2e-3)
+    assert w["end_s"] == pytest.approx(true_end[b], abs=2e-3)
+  # Frames 36..66 really run from 1.44 s to 5.4 s (index / average rate would say 3.0-5.59 s).
+  last = prepared.windows[-1]
+  assert (last["start_s"], last["end_s"]) == pytest.approx((1.44, 5.4), abs=2e-3)
+  # The last frame is shown until the end of the stream (the container's last frame duration).
+  assert 5.8 < prepared.duration_s <= 6.0 + 1e-3
+
+
+def test_predict_reports_timestamp_times_in_json_and_csv(tmp_path):
+  from svfap_jax import api
+  path, true_t, true_end = _vfr_clip(tmp_path)
+  model = api.create_model("svfap_tiny", num_classes=3)
+  result = predict.predict(model, path, stride=8, rate=2)[0]
+  assert 5.8 < result["duration_s"] <= 6.0 + 1e-3
+  # The last window, frames 32..62, runs 1.28-4.6 s (index / average rate: 2.67-5.26 s).
+  assert (result["windows"][-1]["start_s"], result["windows"][-1]["end_s"]) == pytest.approx(
+      (1.28, 4.6), abs=2e-3)
+  assert [t["second"] for t in result["timeline"]] == [0, 1, 2, 3, 4]
+  for w in result["windows"]:
+    assert w["start_s"] == pytest.approx(true_t[w["start_frame"]], abs=2e-3)
+    assert w["end_s"] == pytest.approx(true_end[w["end_frame"]], abs=2e-3)
+  out = tmp_path / "p.csv"
+  predict.write_predictions([result], str(out), as_list=False)
+  rows = list(csv.DictReader(open(out)))
+  assert [float(r["start_s"]) for r in rows] == [w["start_s"] for w in result["windows"]]
+  assert [float(r["end_s"]) for r in rows] == [w["end_s"] for w in result["windows"]]
+
+
+@pytest.mark.parametrize("ccw", [-90, 90])
+def test_face_crop_finds_the_face_in_a_rotated_phone_clip(tmp_path, ccw):
+  import av
+  upright = synthetic.render_clip(3, 24, 96, np.random.default_rng(11))[:, :, 16:80]  # 96 x 64
+  coded = np.ascontiguousarray(np.rot90(upright, k=-ccw // 90, axes=(1, 2)))         # 64 x 96
+  path = str(tmp_path / "phone.mp4")
+  with av.open(path, "w") as c:
+    s = c.add_stream("libx264", rate=25)
+    s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+    s.set_display_rotation(ccw)  # players turn it back upright
+    for f in coded:
+      for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        c.mux(packet)
+    for packet in s.encode():
+      c.mux(packet)
+  control = str(tmp_path / "upright.mp4")
+  video_io.write_video(control, upright, 25.0)
+  prep = predict.Preprocessing(img_size=64, short_side=70, face_crop=True)
+  found = {}
+  for name, clip in (("control", control), ("phone", path)):
+    prepared = predict.prepare_video(clip, prep, window=16, stride=8, rate=1, keep_frames=True)
+    assert prepared.frames[0].shape == (96, 64, 3), name
+    found[name] = int(prepared.detected.sum())
+  assert found["control"] >= 20
+  assert found["phone"] >= found["control"] - 2
+
+
+# ------------------------------------------------------------------------------------------------
 # Missing faces and unusable files.
 # ------------------------------------------------------------------------------------------------
 
