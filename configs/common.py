@@ -14,6 +14,9 @@ Field reference (all overridable on the command line, e.g. `--config.batch_size=
   mesh.*              device mesh sizes, -1 fills
   init_from           pretraining workdir/checkpoint dir or PyTorch .pth/.safetensors
   fold                fine-tuning fold; '{fold}' in data.dir is replaced by it
+  finetune.*          which parameters train: full | linear_probe | last_blocks | regex
+                      (svfap_jax/optim.py, configs/linear_probe.py)
+  probe.*             k-NN / linear probe of the encoder during the run (svfap_jax/probe.py)
 """
 from __future__ import annotations
 
@@ -107,6 +110,29 @@ def base(mode: str) -> ml_collections.ConfigDict:
   c.warmup_epochs = 5
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  # Frozen / partial fine-tuning (svfap_jax/optim.py): frozen parameters get zero updates and no
+  # optimizer state. 'linear_probe': frozen encoder, features standardised by statistics of the
+  # training split, only the head trains; 'last_blocks': the top `trainable_last_blocks` encoder
+  # blocks and everything above them; 'regex': PyTorch names matching `trainable_regex`.
+  c.finetune = ml_collections.ConfigDict(dict(
+      mode="full",               # full | linear_probe | last_blocks | regex
+      trainable_last_blocks=0,
+      trainable_regex="",
+  ))
+
+  # Representation probe during the run (svfap_jax/probe.py): k-NN (cosine) and logistic
+  # regression on the frozen pooled embeddings of a labelled dataset, written to metrics.jsonl
+  # as `probe_*` (and once `probe_random_*`, the same at random init). '' = off.
+  c.probe = ml_collections.ConfigDict(dict(
+      data=ml_collections.ConfigDict(dict(dir="")),  # a prepared dataset with both splits
+      train_split="train",
+      test_split="test",
+      every_steps=1000,
+      knn_k=20,
+      batch_size=0,              # views per batch; 0 = batch_size
+      num_segments=1,            # temporal views per clip, averaged
+  ))
 
   c.init_from = ""
   c.dataset = ""

@@ -24,6 +24,7 @@ COMMANDS = {
     "predict": ("svfap_jax.predict", "predict_main", "face crop + per-window emotion scores"),
     "extract": ("svfap_jax.predict", "extract_main", "face crop + per-window/per-video embeddings"),
     "compile": ("svfap_jax.aot", "main", "ahead-of-time compile + memory check for a mesh"),
+    "probe": ("svfap_jax.cli", "probe_main", "k-NN / linear probe of frozen encoder embeddings"),
 }
 
 
@@ -65,6 +66,11 @@ def import_main(argv: list[str]) -> int:
       raise
     print(f"svfap import: error: {e.args[0]}", file=sys.stderr)
   return 1
+
+
+def probe_main(argv: list[str]) -> int:
+  from svfap_jax import probe  # pylint: disable=g-import-not-at-top
+  return probe.main(argv)
 
 
 def _usage() -> str:

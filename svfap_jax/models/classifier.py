@@ -13,6 +13,9 @@ from svfap_jax.models.registry import ModelSpec
 from svfap_jax.models.tpsbt import TPSBTEncoder
 from svfap_jax.models.vit import ViTEncoder
 
+# BatchNorm epsilon of the linear-probe standardisation (the MAE linear probe's BatchNorm1d).
+LINEAR_PROBE_EPS = 1e-6
+
 HEAD_ACTIVATIONS = {
     None: lambda x: x,
     "sigmoid": jax.nn.sigmoid,
@@ -47,6 +50,27 @@ def _scaled(init, scale: float):
   return scaled_init
 
 
+class FeatureStandardization(nn.Module):
+  """(x - mean) / sqrt(var + eps) per channel, with fixed statistics: BatchNorm without affine
+  parameters, in inference form.
+
+  `mean` and `var` (C,) are stored as parameters so that checkpoints, restores and sharding carry
+  them like any other weight, but they are statistics, not weights: they are set once from the
+  training features (`svfap_jax.probe.feature_statistics`) and the optimizer never updates them
+  (`optim.trainable_mask` freezes them in every mode). Initialised to 0 and 1 (the identity).
+  """
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    partitioned = lambda init: nn.with_logical_partitioning(init, (layers.EMBED,))
+    mean = self.param("mean", partitioned(nn.initializers.zeros_init()), (c,), jnp.float32)
+    var = self.param("var", partitioned(nn.initializers.ones_init()), (c,), jnp.float32)
+    mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+    return (x - mean) * jax.lax.rsqrt(var + self.eps)
+
+
 class VideoClassifier(nn.Module):
   """Classifier / regressor on a video encoder.
 
@@ -54,6 +78,11 @@ class VideoClassifier(nn.Module):
   `keep_temporal_dim` (the last stage's frames are spatially averaged and linearly upsampled in time
   to the input frame count). With num_classes == 0 (or `return_features`) returns the pooled,
   normalised embedding.
+
+  With `linear_probe` the head reads the embedding standardised per channel by fixed statistics
+  (`FeatureStandardization`, parameters `head_norm/{mean,var}`), as the MAE paper's linear probe
+  puts a BatchNorm without affine parameters before its head; the embedding itself
+  (`return_features`) is unchanged.
   """
   spec: ModelSpec
   num_classes: int
@@ -65,6 +94,7 @@ class VideoClassifier(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   remat: str = "none"
+  linear_probe: bool = False
 
   @nn.compact
   def __call__(self, video, *, deterministic: bool = True, return_features: bool = False):
@@ -87,6 +117,8 @@ class VideoClassifier(nn.Module):
     features = layers.layer_norm(spec.layer_norm_eps, name="fc_norm")(pooled)
     if return_features or self.num_classes == 0:
       return features
+    if self.linear_probe:
+      features = FeatureStandardization(LINEAR_PROBE_EPS, name="head_norm")(features)
     logits = layers.dense(self.num_classes, (layers.EMBED, layers.CLASSES), name="head",
                           kernel_init=_scaled(layers.TRUNC_NORMAL_02, self.init_scale))(features)
     return HEAD_ACTIVATIONS[self.head_activation](logits)
