@@ -35,15 +35,38 @@ or item access):
 `config.optim.ema_decay` (0 = off) is not read here: the train step applies `ema_update` after
 each optimizer update. `total_steps` (an argument) and `warmup_steps` count optimizer updates,
 not micro-batches; with accumulation, the schedule advances once per `accum_steps` calls.
+
+Frozen and partial fine-tuning (`config.finetune`, optional; absent = 'full'):
+
+  config.finetune.mode        'full' (default): everything trains;
+                              'linear_probe': only the head (`head.*`) trains, on features
+                              standardised by fixed statistics (`VideoClassifier(linear_probe=True)`);
+                              'last_blocks': the last `trainable_last_blocks` encoder blocks and
+                              everything above them (fc_norm, head) train, plus the temporal/
+                              spatial downsampling modules of a stage whose first block trains;
+                              patch and position embeddings stay frozen;
+                              'regex': parameters whose PyTorch name (`blocks.11.mlp.fc1.weight`,
+                              `head.weight`, ...) matches `trainable_regex` (re.search) train
+  config.finetune.trainable_last_blocks   k for 'last_blocks' (1 <= k <= number of blocks)
+  config.finetune.trainable_regex         pattern for 'regex'
+  config.model.name           registry name; 'last_blocks' reads the TPSBT stage depths from it
+
+Frozen parameters go through `optax.multi_transform` to `optax.set_to_zero()`: their updates are
+exactly zero and the optimizer keeps no state for them (no Adam moments, no accumulation buffers);
+the weight-decay mask, layer-wise lr decay, clipping (by the norm of the trainable gradients) and
+accumulation apply to the trainable ones. Statistics stored among the parameters (the linear
+probe's `head_norm/{mean,var}`) are frozen in every mode. `stop_frozen_gradients` lets a train step
+skip the backward pass through frozen parameters.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.traverse_util as traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from svfap_jax.interop import mapping
@@ -52,6 +75,12 @@ from svfap_jax.interop import mapping
 # `no_weight_decay()` list), and below the first block in the layer-decay order.
 TOKEN_NAMES = frozenset({"pos_embed", "cls_token", "mask_token"})
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_DOWNSAMPLE = re.compile(r"^(?:temporal|spatial)_downsamples\.(\d+)\.")
+
+FINETUNE_MODES = ("full", "linear_probe", "last_blocks", "regex")
+# Statistics kept among the parameters (PyTorch-name prefixes): constants, never trained.
+STATISTICS_PREFIXES = ("head_norm.",)
+TRAINABLE, FROZEN = "trainable", "frozen"
 
 _DEFAULTS = {
     "min_lr": 1e-6,
@@ -180,10 +209,159 @@ def layer_decay_scales(params: Mapping, *, layer_decay: float, pretrain: bool = 
 
 
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
-  """Multiplies each update by its fixed per-parameter factor in `scales`."""
+  """Multiplies each update by its fixed per-parameter factor in `scales`.
+
+  Inside `optax.multi_transform` the updates of other groups are `optax.MaskedNode`s; they pass
+  through unchanged.
+  """
+  def scale(s, u):
+    return u if isinstance(u, optax.MaskedNode) else u * jnp.asarray(s, u.dtype)
+
+  # `scales` leads the map: its leaves line up with array or MaskedNode subtrees of the updates.
   return optax.stateless(
-      lambda updates, params=None: jax.tree_util.tree_map(
-          lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales))
+      lambda updates, params=None: jax.tree_util.tree_map(scale, scales, updates))
+
+
+# ------------------------------------------------------------------------------ partial training
+
+
+def _maybe(obj: Any, name: str) -> Any:
+  """`obj.name` or `obj[name]`, None when absent (configs may be ConfigDicts, dicts or objects)."""
+  if obj is None:
+    return None
+  if isinstance(obj, Mapping):
+    return obj.get(name)
+  try:
+    return obj[name]
+  except (KeyError, TypeError, AttributeError):
+    return getattr(obj, name, None)
+
+
+def finetune_options(config: Any) -> tuple[str, int, str]:
+  """(mode, trainable_last_blocks, trainable_regex) from `config.finetune` ('full' if absent)."""
+  ft = _maybe(config, "finetune")
+  return (str(_maybe(ft, "mode") or "full"), int(_maybe(ft, "trainable_last_blocks") or 0),
+          str(_maybe(ft, "trainable_regex") or ""))
+
+
+def finetune_config_errors(config: Any) -> list[str]:
+  """Problems of `config.finetune` that need no parameters, one message per field (for the
+  run's config check); `trainable_mask` also checks what needs the parameter tree."""
+  mode, k, regex = finetune_options(config)
+  errors = []
+  if mode not in FINETUNE_MODES:
+    errors.append(f"finetune.mode={mode!r} must be one of {FINETUNE_MODES}")
+    return errors
+  if mode in ("linear_probe", "last_blocks") and _maybe(config, "mode") == "pretrain":
+    errors.append(f"finetune.mode={mode!r} is for fine-tuning runs; pretraining takes 'full' or "
+                  "'regex'")
+  if mode == "last_blocks" and k < 1:
+    errors.append(f"finetune.trainable_last_blocks={k}: set the number of top encoder blocks "
+                  "to train (>= 1) for finetune.mode='last_blocks'")
+  if mode == "regex":
+    if not regex:
+      errors.append("finetune.trainable_regex is empty: give a pattern of PyTorch parameter "
+                    "names to train, e.g. 'blocks\\.1[01]\\.|fc_norm|head'")
+    else:
+      try:
+        re.compile(regex)
+      except re.error as e:
+        errors.append(f"finetune.trainable_regex={regex!r} is not a regular expression: {e}")
+  return errors
+
+
+def _stage_depths(config: Any) -> Optional[tuple[int, ...]]:
+  name = _maybe(_maybe(config, "model"), "name")
+  if not name:
+    return None
+  from svfap_jax.models.registry import get_spec  # pylint: disable=g-import-not-at-top
+  return tuple(get_spec(name).stage_depths)
+
+
+def trainable_mask(params: Mapping, *, mode: str = "full", last_blocks: int = 0,
+                   regex: str = "", pretrain: bool = False,
+                   stage_depths: Optional[Sequence[int]] = None) -> Any:
+  """Pytree of bools shaped like `params`: True where the parameter trains.
+
+  Args:
+    params: parameter tree (arrays or ShapeDtypeStructs).
+    mode: one of FINETUNE_MODES (see the module docstring).
+    last_blocks: k for 'last_blocks'.
+    regex: pattern for 'regex', searched in each parameter's PyTorch name.
+    pretrain: whether `params` is an MAE pretraining tree ('full' and 'regex' only).
+    stage_depths: the TPSBT's blocks per stage, which places its downsampling modules for
+      'last_blocks' (None: a ViT, or downsampling modules stay frozen).
+
+  Raises:
+    ValueError: unknown mode, a mode the tree cannot take, k out of range, or nothing to train.
+  """
+  if mode not in FINETUNE_MODES:
+    raise ValueError(f"finetune.mode={mode!r} must be one of {FINETUNE_MODES}")
+  if pretrain and mode in ("linear_probe", "last_blocks"):
+    raise ValueError(f"finetune.mode={mode!r} applies to a classifier, not to the MAE "
+                     "pretraining model")
+  names = _torch_names(params, pretrain)
+  num_layers = num_encoder_blocks(params)
+  first = num_layers - last_blocks
+  if mode == "last_blocks" and not 1 <= last_blocks <= num_layers:
+    raise ValueError(f"finetune.trainable_last_blocks={last_blocks} must be in [1, "
+                     f"{num_layers}] (the encoder has {num_layers} blocks)")
+  pattern = re.compile(regex) if mode == "regex" else None
+  stage_starts = np.cumsum([0] + list(stage_depths or ())).tolist()
+
+  def trains(name: str) -> bool:
+    if name.startswith(STATISTICS_PREFIXES):
+      return False
+    if mode == "full":
+      return True
+    if mode == "linear_probe":
+      return name.startswith("head.")
+    if mode == "regex":
+      return pattern.search(name) is not None
+    block = _BLOCK.match(name)
+    if block:
+      return int(block.group(1)) >= first
+    down = _DOWNSAMPLE.match(name)
+    if down:  # the entry of stage index + 1, just below that stage's first block
+      stage = int(down.group(1)) + 1
+      return stage < len(stage_starts) - 1 and stage_starts[stage] >= first
+    return layer_id(name, num_layers) == num_layers + 1
+
+  mask = _tree_from_paths(params, lambda path, _: trains(names[path]))
+  if not any(jax.tree_util.tree_leaves(mask)):
+    detail = {"linear_probe": "the model has no head: build it with num_classes > 0",
+              "regex": f"no parameter name matches trainable_regex={regex!r} (names look like "
+                       f"{', '.join(sorted(names.values())[:3])})"}.get(mode, "")
+    raise ValueError(f"finetune.mode={mode!r} leaves no parameter to train: {detail}")
+  return mask
+
+
+def trainable_mask_for(config: Any, params: Mapping, *, pretrain: bool) -> Any:
+  """`trainable_mask` with the settings of `config.finetune` (and the model's stage depths)."""
+  mode, k, regex = finetune_options(config)
+  depths = _stage_depths(config) if mode == "last_blocks" else None
+  return trainable_mask(params, mode=mode, last_blocks=k, regex=regex, pretrain=pretrain,
+                        stage_depths=depths)
+
+
+def partition_labels(mask: Any) -> Any:
+  """The `optax.multi_transform` labels of a trainable mask."""
+  return jax.tree_util.tree_map(lambda t: TRAINABLE if t else FROZEN, mask)
+
+
+def freeze(tx: optax.GradientTransformation, mask: Any) -> optax.GradientTransformation:
+  """`tx` on the parameters where `mask` is True, exactly zero updates (and no state) elsewhere."""
+  return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+                               partition_labels(mask))
+
+
+def stop_frozen_gradients(params: Any, mask: Any) -> Any:
+  """`params` with `jax.lax.stop_gradient` on the frozen leaves.
+
+  Used inside a loss function, it makes the gradients of frozen parameters zero without a
+  backward pass through them (for a linear probe, none through the encoder at all).
+  """
+  return jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
 
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
@@ -199,12 +377,14 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 
 def make_optimizer(config: Any, params: Mapping, *, pretrain: bool,
                    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Builds the training optimizer from `config.optim` and `config.batch_size`.
+  """Builds the training optimizer from `config.optim`, `config.batch_size` and `config.finetune`.
 
   Chain per update: clip by global norm (if clip_grad > 0) -> AdamW with the decay mask and the
   lr schedule -> per-parameter layer-decay scale (if layer_decay < 1); wrapped in
   `optax.MultiSteps` when accum_steps > 1, which averages the micro-batch gradients and applies
-  the chain once per `accum_steps` calls (other calls return zero updates).
+  the chain once per `accum_steps` calls (other calls return zero updates). When some parameters
+  are frozen (`trainable_mask_for`), that whole chain runs on the trainable ones only and the
+  frozen ones get `optax.set_to_zero()` (`freeze`).
 
   Args:
     config: has `batch_size` and `optim` (see the module docstring for the fields).
@@ -234,6 +414,9 @@ def make_optimizer(config: Any, params: Mapping, *, pretrain: bool,
   accum = int(get("accum_steps"))
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
+  mask = trainable_mask_for(config, params, pretrain=pretrain)
+  if not all(jax.tree_util.tree_leaves(mask)):
+    tx = freeze(tx, mask)
   return tx, schedule
 
 
@@ -252,7 +435,10 @@ def ema_update(ema_params: Any, params: Any, decay: float, *, enabled: Any = Tru
 
 def did_update(opt_state: Any) -> jax.Array:
   """True when the last `tx.update` applied a real update (always, without accumulation)."""
-  if isinstance(opt_state, optax.MultiStepsState):
-    # MultiSteps resets its micro-step counter to 0 right after the inner update.
-    return opt_state.mini_step == 0
+  is_multi = lambda x: isinstance(x, optax.MultiStepsState)
+  # With frozen parameters the MultiSteps state sits inside the multi_transform state.
+  for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=is_multi):
+    if is_multi(leaf):
+      # MultiSteps resets its micro-step counter to 0 right after the inner update.
+      return leaf.mini_step == 0
   return jnp.asarray(True)

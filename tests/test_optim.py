@@ -303,3 +303,186 @@ def test_make_optimizer_traces_on_real_trees(pretrain):
   updates, _ = jax.eval_shape(tx.update, tree, state, tree)
   assert jax.tree_util.tree_structure(updates) == jax.tree_util.tree_structure(tree)
   assert float(sched(4)) == pytest.approx(1e-3 * 64 / 256)
+
+
+# ---------------------------------------------------------------------- frozen / partial training
+
+
+def _linear_probe_tree(num_classes=3):
+  """svfap_tiny classifier with the linear-probe standardisation, as ShapeDtypeStructs."""
+  from svfap_jax.models.registry import get_spec
+  spec = get_spec("svfap_tiny")
+  module = api.build_module(spec, num_classes=num_classes).clone(linear_probe=True)
+  return jax.eval_shape(lambda rng: api.init_params(module, spec, rng, False)[0],
+                        jax.random.key(0))
+
+
+def _trainable_names(mask, tree):
+  return {n for n, path in mapping.key_map(tree, pretrain=False).items()
+          if traverse_util.flatten_dict(mask)[path]}
+
+
+def test_trainable_masks_per_mode():
+  tree = _linear_probe_tree()   # svfap_tiny: stages of 2/2/2 blocks, L = 6
+  names = set(mapping.key_map(tree, pretrain=False))
+  stats = {"head_norm.mean", "head_norm.var"}
+  assert stats <= names
+  lp = _trainable_names(optim.trainable_mask(tree, mode="linear_probe"), tree)
+  assert lp == {"head.weight", "head.bias"}
+  assert _trainable_names(optim.trainable_mask(tree, mode="full"), tree) == names - stats
+
+  depths = (2, 2, 2)
+  two = _trainable_names(optim.trainable_mask(tree, mode="last_blocks", last_blocks=2,
+                                              stage_depths=depths), tree)
+  blocks = {n.split(".")[1] for n in two if n.startswith("blocks.")}
+  assert blocks == {"4", "5"}
+  # Stage 3 starts at block 4: its downsampling modules train, stage 2's do not.
+  assert any(n.startswith("temporal_downsamples.1.") for n in two)
+  assert any(n.startswith("spatial_downsamples.1.") for n in two)
+  assert not any(n.startswith(("temporal_downsamples.0.", "spatial_downsamples.0.",
+                               "patch_embed")) for n in two)
+  assert {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"} <= two
+  assert not two & stats
+  three = _trainable_names(optim.trainable_mask(tree, mode="last_blocks", last_blocks=3,
+                                                stage_depths=depths), tree)
+  assert {n.split(".")[1] for n in three if n.startswith("blocks.")} == {"3", "4", "5"}
+  assert not any(n.startswith("spatial_downsamples.0.") for n in three)  # block 2 is frozen
+  four = _trainable_names(optim.trainable_mask(tree, mode="last_blocks", last_blocks=4,
+                                               stage_depths=depths), tree)
+  assert any(n.startswith("spatial_downsamples.0.") for n in four)
+
+  rx = _trainable_names(optim.trainable_mask(tree, mode="regex", regex=r"^blocks\.0\.|^head\."),
+                        tree)
+  assert rx and all(n.startswith(("blocks.0.", "head.")) for n in rx)
+  assert "head.weight" in rx and "blocks.0.attn.qkv.weight" in rx
+
+
+def test_trainable_mask_errors():
+  tree = _linear_probe_tree()
+  with pytest.raises(ValueError, match="finetune.mode='bogus'"):
+    optim.trainable_mask(tree, mode="bogus")
+  with pytest.raises(ValueError, match=r"trainable_last_blocks=7 must be in \[1, 6\]"):
+    optim.trainable_mask(tree, mode="last_blocks", last_blocks=7)
+  with pytest.raises(ValueError, match="no parameter name matches"):
+    optim.trainable_mask(tree, mode="regex", regex="nothing_like_this")
+  _, headless = _shapes("svfap_tiny", pretrain=True)
+  with pytest.raises(ValueError, match="not to the MAE"):
+    optim.trainable_mask(headless, mode="linear_probe", pretrain=True)
+  cfg = ml_collections.ConfigDict({"mode": "finetune", "finetune": {
+      "mode": "regex", "trainable_last_blocks": 0, "trainable_regex": "("}})
+  assert "not a regular expression" in " ".join(optim.finetune_config_errors(cfg))
+  cfg.finetune.mode, cfg.finetune.trainable_regex = "last_blocks", ""
+  assert "trainable_last_blocks=0" in " ".join(optim.finetune_config_errors(cfg))
+  cfg.finetune.mode = "linear_probe"
+  assert optim.finetune_config_errors(cfg) == []
+  cfg.mode = "pretrain"
+  assert "fine-tuning runs" in " ".join(optim.finetune_config_errors(cfg))
+
+
+def _frozen_config(mode, **fields):
+  cfg = _config(layer_decay=0.75, weight_decay=0.05, clip_grad=1.0, **fields)
+  with cfg.unlocked():
+    cfg.finetune = {"mode": mode, "trainable_last_blocks": 2,
+                    "trainable_regex": r"^blocks\.0\.|^head\."}
+  return cfg
+
+
+def _small_probe_state():
+  """`_small_state` with four blocks, a second downsampling module and the linear-probe
+  statistics: every kind of parameter the partial-training modes tell apart, cheap to compile."""
+  tree, _ = _small_state()
+  shapes = jax.tree_util.tree_map(lambda s: s.shape, tree)
+  shapes["encoder"]["blocks_2"] = shapes["encoder"]["blocks_0"]
+  shapes["encoder"]["blocks_3"] = shapes["encoder"]["blocks_0"]
+  shapes["encoder"]["spatial_downsamples_0"] = {"mlp": {"fc1": {"kernel": (8, 4), "bias": (4,)}}}
+  shapes["head_norm"] = {"mean": (8,), "var": (8,)}
+  tree = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shapes,
+                                is_leaf=lambda x: isinstance(x, tuple))
+  return tree, _random_like(tree, 0)
+
+
+def _array_paths(tree):
+  return {p for p, v in traverse_util.flatten_dict(tree).items()
+          if not isinstance(v, optax.MaskedNode)}
+
+
+@pytest.mark.parametrize("mode,accum", [("linear_probe", 1), ("last_blocks", 2), ("regex", 1)])
+def test_frozen_parameters_do_not_move_and_have_no_state(mode, accum):
+  tree, params = _small_probe_state()
+  cfg = _frozen_config(mode, accum_steps=accum)
+  tx, _ = optim.make_optimizer(cfg, tree, pretrain=False, total_steps=20)
+  mask = optim.trainable_mask_for(cfg, tree, pretrain=False)
+  flat_mask = traverse_util.flatten_dict(mask)
+  trainable = {p for p, t in flat_mask.items() if t}
+  assert 0 < len(trainable) < len(flat_mask)
+
+  step_fn = _stepper(tx)
+  state, new = jax.jit(tx.init)(params), params
+  grads = [_random_like(tree, 30 + i) for i in range(3 * accum)]  # nonzero everywhere
+  for i, g in enumerate(grads):
+    _, new, state = step_fn(g, state, new)
+    assert bool(optim.did_update(state)) == ((i + 1) % accum == 0)
+
+  before, after = traverse_util.flatten_dict(params), traverse_util.flatten_dict(new)
+  for path, t in flat_mask.items():
+    a, b = np.asarray(before[path]), np.asarray(after[path])
+    if t:
+      assert not np.array_equal(a, b), path
+    else:
+      assert a.tobytes() == b.tobytes(), path   # bit-identical
+
+  # The Adam moments (and accumulation buffers) exist for the trainable leaves only.
+  adam = [s for s in jax.tree_util.tree_leaves(
+      state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+          if isinstance(s, optax.ScaleByAdamState)]
+  assert len(adam) == 1
+  assert _array_paths(adam[0].mu) == _array_paths(adam[0].nu) == trainable
+  numel = lambda paths: sum(int(np.prod(traverse_util.flatten_dict(tree)[p].shape))
+                            for p in paths)
+  stored = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state) if np.ndim(x) > 0)
+  assert stored == (2 + (accum > 1)) * numel(trainable)
+
+  # The trainable leaves move exactly as under the whole-model optimizer (weight-decay mask,
+  # layer decay, clipping) when the frozen gradients are zero.
+  full_cfg = _frozen_config("full", accum_steps=accum)
+  full_tx, _ = optim.make_optimizer(full_cfg, tree, pretrain=False, total_steps=20)
+  full_step = _stepper(full_tx)
+  full_state, ref = jax.jit(full_tx.init)(params), params
+  for g in grads:
+    g = jax.tree_util.tree_map(lambda x, t: x if t else np.zeros_like(x), g, mask)
+    _, ref, full_state = full_step(g, full_state, ref)
+  ref = traverse_util.flatten_dict(ref)
+  for path in trainable:
+    np.testing.assert_allclose(np.asarray(after[path]), np.asarray(ref[path]), rtol=1e-6,
+                               atol=1e-7, err_msg=str(path))
+
+
+def test_full_mode_keeps_the_plain_optimizer_state():
+  """Without frozen parameters nothing changes (checkpoints of earlier runs still restore)."""
+  _, tree = _shapes("svfap_tiny", pretrain=False)
+  cfg = _frozen_config("full")
+  tx, _ = optim.make_optimizer(cfg, tree, pretrain=False, total_steps=20)
+  plain, _ = optim.make_optimizer(_config(layer_decay=0.75, clip_grad=1.0), tree,
+                                  pretrain=False, total_steps=20)
+  assert (jax.tree_util.tree_structure(jax.eval_shape(tx.init, tree))
+          == jax.tree_util.tree_structure(jax.eval_shape(plain.init, tree)))
+
+
+def test_stop_frozen_gradients_skips_the_encoder():
+  from svfap_jax.models.registry import get_spec
+  spec = get_spec("vit_tiny", img_size=32, num_frames=4, stage_depths=(1,))
+  module = api.build_module(spec, num_classes=3).clone(linear_probe=True)
+  args, _ = api.example_inputs(spec, 1)
+  params = jax.jit(lambda key: api.init_params(module, spec, key, False)[0])(jax.random.key(0))
+  mask = optim.trainable_mask(params, mode="linear_probe")
+  video = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+
+  def loss(p):
+    return module.apply({"params": optim.stop_frozen_gradients(p, mask)}, video).sum()
+
+  grads = traverse_util.flatten_dict(jax.jit(jax.grad(loss))(params))
+  for path, g in grads.items():
+    if path[0] == "head":
+      assert np.abs(np.asarray(g)).sum() > 0, path
+    else:
+      assert not np.asarray(g).any(), path
