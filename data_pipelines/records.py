@@ -19,13 +19,13 @@ Each Example carries
   clip/source      bytes        the input path the clip was made from
 
 The files are plain TFRecords (`tf.data.TFRecordDataset` + `tf.io.parse_example` read them), but
-nothing here needs TensorFlow: the Example protobuf is encoded and parsed by hand (it is five tiny
-messages) and the TFRecord checksums use a numpy CRC-32C.
+nothing here needs TensorFlow: the Example messages are generated from data_pipelines/proto/
+(TensorFlow's wire format, a package name of their own) and the TFRecord checksums come from
+google_crc32c.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import json
 import logging
@@ -35,7 +35,11 @@ import struct
 import threading
 from typing import Any, Iterator, Optional, Sequence
 
+from google.protobuf import message as protobuf_message
+import google_crc32c
 import numpy as np
+
+from data_pipelines.proto import example_pb2
 
 log = logging.getLogger(__name__)
 
@@ -78,115 +82,16 @@ class CorruptRecordError(Exception):
 
 # ------------------------------------------------------------------------------------------------
 # CRC-32C (Castagnoli), as TFRecord framing uses it.
-#
-# The byte-wise table update is linear over GF(2), so a long message can be cut into equal rows
-# whose CRCs are computed side by side with numpy, then merged with "advance the register over n
-# zero bytes" operators. Those operators are themselves linear maps on 32 bits, kept as four
-# 256-entry tables and built for powers of two by repeated squaring.
 # ------------------------------------------------------------------------------------------------
-
-_CRC_POLY = 0x82F63B78
-
-
-def _make_crc_table() -> np.ndarray:
-  table = np.zeros(256, np.uint32)
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ (_CRC_POLY if c & 1 else 0)
-    table[i] = c
-  return table
-
-
-_CRC_TABLE = _make_crc_table()
-_CRC_TABLE_LIST = [int(v) for v in _CRC_TABLE]
-# Basis vectors 1 << i for i in 0..31, as the byte lanes a 4x256 operator table is indexed by.
-_LANE_INPUTS = (np.arange(256, dtype=np.uint32)[None, :]
-                << (8 * np.arange(4, dtype=np.uint32))[:, None])
-
-
-def _apply_op(op: np.ndarray, x: np.ndarray) -> np.ndarray:
-  """Applies a (4, 256) zero-advance operator to uint32 registers `x` (any shape)."""
-  return (op[0][x & 0xFF] ^ op[1][(x >> 8) & 0xFF] ^ op[2][(x >> 16) & 0xFF] ^ op[3][x >> 24])
-
-
-@functools.lru_cache(maxsize=None)
-def _zero_op(log2_n: int) -> np.ndarray:
-  """Operator advancing a CRC register over 2**log2_n zero bytes."""
-  if log2_n == 0:
-    x = _LANE_INPUTS
-    return _CRC_TABLE[x & 0xFF] ^ (x >> 8)
-  half = _zero_op(log2_n - 1)
-  return _apply_op(half, half)
-
-
-def _advance(register: int, n: int) -> int:
-  """Advances a CRC register over `n` zero bytes."""
-  x = np.uint32(register)
-  bit = 0
-  while n:
-    if n & 1:
-      x = _apply_op(_zero_op(bit), x)
-    n >>= 1
-    bit += 1
-  return int(x)
-
-
-def _crc_update_small(register: int, data) -> int:
-  table = _CRC_TABLE_LIST
-  for b in data:
-    register = table[(register ^ b) & 0xFF] ^ (register >> 8)
-  return register
-
-
-@functools.lru_cache(maxsize=None)
-def _word_tables() -> tuple[np.ndarray, np.ndarray]:
-  """Tables advancing a register over one 4-byte word, indexed by its low and high 16 bits."""
-  v = np.arange(1 << 16, dtype=np.uint32)
-  four = _zero_op(2)
-  return _apply_op(four, v), _apply_op(four, v << 16)
-
-
-try:
-  import google_crc32c as _google_crc32c  # pylint: disable=g-import-not-at-top
-except ImportError:  # the numpy implementation below is ~35x slower but needs nothing
-  _google_crc32c = None
 
 
 def crc32c(data) -> int:
-  """CRC-32C of a bytes-like object (the C library when installed, else numpy)."""
-  if _google_crc32c is not None:
-    return _google_crc32c.value(bytes(data))
-  return crc32c_numpy(data)
+  """CRC-32C of a bytes-like object, an int in [0, 2**32).
 
-
-def crc32c_numpy(data) -> int:
-  """CRC-32C in numpy (no compiled dependency)."""
-  n = len(data)
-  if n < 1024:
-    return _crc_update_small(0xFFFFFFFF, bytes(data)) ^ 0xFFFFFFFF
-  # Rows of 16..64 bytes (many short rows keep numpy's per-call overhead small), left-padded with
-  # zero rows up to a power-of-two count: leading zero bytes leave a zero register unchanged, and
-  # the 0xFFFFFFFF initial value is accounted for separately by advancing it over all n bytes.
-  # Within a row the register eats one little-endian 32-bit word per step (processing k <= 4
-  # bytes is "xor them into the register, advance k zero bytes").
-  log_row = min(6, max(4, n.bit_length() - 13))
-  row = 1 << log_row
-  rows = -(-n // row)
-  log_rows = (rows - 1).bit_length()
-  buf = np.zeros((1 << log_rows) * row, np.uint8)
-  buf[buf.size - n:] = np.frombuffer(data, np.uint8)
-  words = buf.view("<u4").reshape(-1, row // 4).T.copy()
-  low, high = _word_tables()
-  reg = np.zeros(words.shape[1], np.uint32)
-  for j in range(row // 4):
-    x = reg ^ words[j]
-    reg = low[x & 0xFFFF] ^ high[x >> 16]
-  level = log_row
-  while reg.size > 1:
-    reg = _apply_op(_zero_op(level), reg[0::2]) ^ reg[1::2]
-    level += 1
-  return (int(reg[0]) ^ _advance(0xFFFFFFFF, n)) ^ 0xFFFFFFFF
+  google_crc32c computes it in C; where its extension cannot load, that package falls back to its
+  own pure-Python code (same values, far slower) and says so with a RuntimeWarning at import.
+  """
+  return google_crc32c.value(bytes(data))
 
 
 def masked_crc(data) -> int:
@@ -195,14 +100,9 @@ def masked_crc(data) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# tf.train.Example wire format.
-#
-#   Example  { Features features = 1; }
-#   Features { map<string, Feature> feature = 1; }      (map entry: key = 1, value = 2)
-#   Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2;
-#                      Int64List int64_list = 3; } }
-#   BytesList { repeated bytes value = 1; }  FloatList { repeated float value = 1 [packed]; }
-#   Int64List { repeated int64 value = 1 [packed]; }
+# tf.train.Example codec, with the messages generated from data_pipelines/proto/*.proto: the same
+# wire format as TensorFlow's, under a package name of their own so that both can be loaded in
+# one process.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -210,146 +110,61 @@ class _WireError(ValueError):
   pass
 
 
-def _varint(value: int) -> bytes:
-  value &= 0xFFFFFFFFFFFFFFFF  # negative int64 -> two's complement, 10 bytes
-  out = bytearray()
-  while value > 0x7F:
-    out.append((value & 0x7F) | 0x80)
-    value >>= 7
-  out.append(value)
-  return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-  """A length-delimited field."""
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _encode_feature(kind: str, values) -> bytes:
-  if kind == "bytes":
-    body = b"".join(_field(1, v) for v in values)
-    return _field(1, body)
-  if kind == "float":
-    body = _field(1, np.asarray(values, "<f4").tobytes()) if len(values) else b""
-    return _field(2, body)
-  body = _field(1, b"".join(_varint(int(v)) for v in values)) if len(values) else b""
-  return _field(3, body)
+# Feature kind <-> the field of the Feature's `kind` oneof that holds it.
+_KIND_FIELD = {"bytes": "bytes_list", "float": "float_list", "int64": "int64_list"}
+_FIELD_KIND = {field: kind for kind, field in _KIND_FIELD.items()}
 
 
 def encode_example(features: dict[str, tuple[str, Sequence]]) -> bytes:
-  """Serializes {key: (kind, values)} as a tf.train.Example; keys sorted for stable bytes."""
-  entries = []
-  for key in sorted(features):
-    kind, values = features[key]
-    entry = _field(1, key.encode("utf-8")) + _field(2, _encode_feature(kind, values))
-    entries.append(_field(1, entry))
-  return _field(1, b"".join(entries))
+  """Serializes {key: (kind, values)} as a tf.train.Example.
+
+  Map keys are written sorted (protobuf's deterministic serialization), so equal features give
+  equal bytes, the same bytes TensorFlow's deterministic serializer gives.
+
+  Args:
+    features: kind is "bytes", "float" (stored as float32) or "int64"; values a sequence of
+      bytes, floats or ints. An empty sequence still records the kind.
+
+  Raises:
+    ValueError: an unknown kind, or an int outside int64.
+    TypeError: a value of the wrong type for its kind (e.g. str for "bytes").
+  """
+  example = example_pb2.Example()
+  example.features.SetInParent()  # an empty feature dict is still an (empty) Features message
+  feature_map = example.features.feature
+  for key, (kind, values) in features.items():
+    field = _KIND_FIELD.get(kind)
+    if field is None:
+      raise ValueError(f"feature {key!r}: kind {kind!r} is not one of {', '.join(_KIND_FIELD)}")
+    value_list = getattr(feature_map[key], field)
+    value_list.SetInParent()
+    try:
+      value_list.value.extend(values)
+    except (TypeError, ValueError) as e:
+      raise type(e)(f"feature {key!r} ({kind}): {e}") from e
+  return example.SerializeToString(deterministic=True)
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    if pos >= end:
-      raise _WireError("varint runs past the end of its message")
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7F) << shift
-    if not b & 0x80:
-      return result, pos
-    shift += 7
-    if shift > 63:
-      raise _WireError("varint longer than 10 bytes")
-
-
-def _iter_fields(buf: bytes, pos: int, end: int):
-  """Yields (field_number, wire_type, value_or_(start, stop)) over one message."""
-  while pos < end:
-    tag, pos = _read_varint(buf, pos, end)
-    number, wire = tag >> 3, tag & 7
-    if wire == 2:
-      size, pos = _read_varint(buf, pos, end)
-      if pos + size > end:
-        raise _WireError(f"field {number} claims {size} bytes, only {end - pos} left")
-      yield number, wire, (pos, pos + size)
-      pos += size
-    elif wire == 0:
-      value, pos = _read_varint(buf, pos, end)
-      yield number, wire, value
-    elif wire == 5:
-      if pos + 4 > end:
-        raise _WireError("truncated fixed32")
-      yield number, wire, (pos, pos + 4)
-      pos += 4
-    elif wire == 1:
-      if pos + 8 > end:
-        raise _WireError("truncated fixed64")
-      yield number, wire, (pos, pos + 8)
-      pos += 8
-    else:
-      raise _WireError(f"unsupported wire type {wire} (field {number})")
-  if pos != end:
-    raise _WireError("message overruns its length")
-
-
-def _to_int64(v: int) -> int:
-  return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def _parse_feature(buf: bytes, start: int, end: int):
-  """Returns (kind, values) for one Feature message."""
-  kind, values = None, []
-  for number, wire, val in _iter_fields(buf, start, end):
-    if wire != 2 or number not in (1, 2, 3):
-      continue
-    kind = {1: "bytes", 2: "float", 3: "int64"}[number]
-    values = []
-    s, e = val
-    for inner_no, inner_wire, inner in _iter_fields(buf, s, e):
-      if inner_no != 1:
-        continue
-      if kind == "bytes" and inner_wire == 2:
-        values.append(buf[inner[0]:inner[1]])
-      elif kind == "float" and inner_wire == 2:  # packed
-        if (inner[1] - inner[0]) % 4:
-          raise _WireError("packed float list length is not a multiple of 4")
-        values.extend(np.frombuffer(buf, "<f4", (inner[1] - inner[0]) // 4, inner[0]).tolist())
-      elif kind == "float" and inner_wire == 5:
-        values.append(struct.unpack_from("<f", buf, inner[0])[0])
-      elif kind == "int64" and inner_wire == 2:  # packed
-        p, pe = inner
-        while p < pe:
-          v, p = _read_varint(buf, p, pe)
-          values.append(_to_int64(v))
-      elif kind == "int64" and inner_wire == 0:
-        values.append(_to_int64(inner))
-      else:
-        raise _WireError(f"{kind} list holds wire type {inner_wire}")
-  return kind, values
-
-
-def parse_example(data: bytes) -> dict[str, tuple[str, list]]:
+def parse_example(data: bytes) -> dict[str, tuple[Optional[str], list]]:
   """Parses a serialized tf.train.Example into {key: (kind, values)}.
+
+  kind is "bytes", "float" or "int64" (None for a feature with no list set, then values is []);
+  values is a list of bytes, Python floats (float32 values) or ints.
 
   Raises:
     ValueError: the bytes are not a well-formed Example.
   """
-  data = bytes(data)
+  example = example_pb2.Example()
+  try:
+    example.ParseFromString(bytes(data))
+  except protobuf_message.DecodeError as e:
+    # protobuf's text names the message type ("... type 'svfap.records.Example': why"): keep why.
+    raise _WireError(f"not a well-formed tf.train.Example ({str(e).rsplit(': ', 1)[-1]})") from e
   out = {}
-  for number, wire, val in _iter_fields(data, 0, len(data)):
-    if number != 1 or wire != 2:
-      continue
-    for f_no, f_wire, f_val in _iter_fields(data, *val):  # Features
-      if f_no != 1 or f_wire != 2:
-        continue
-      key, feature = None, None
-      for e_no, e_wire, e_val in _iter_fields(data, *f_val):  # map entry
-        if e_no == 1 and e_wire == 2:
-          key = data[e_val[0]:e_val[1]].decode("utf-8")
-        elif e_no == 2 and e_wire == 2:
-          feature = _parse_feature(data, *e_val)
-      if key is None:
-        raise _WireError("feature map entry without a key")
-      out[key] = feature if feature is not None else (None, [])
+  for key, feature in example.features.feature.items():
+    field = feature.WhichOneof("kind")
+    out[key] = ((None, []) if field is None
+                else (_FIELD_KIND[field], list(getattr(feature, field).value)))
   return out
 
 

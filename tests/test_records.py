@@ -27,15 +27,49 @@ def _copy(dataset, tmp_path):
   return str(dst)
 
 
-def test_crc32c_known_values_and_fast_path():
+def _crc32c_bitwise(data: bytes) -> int:
+  """Reference CRC-32C, one bit at a time from the reflected Castagnoli polynomial."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def test_crc32c_known_values_and_reference():
   assert records.crc32c(b"") == 0
-  assert records.crc32c(b"123456789") == 0xE3069283
-  assert records.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 test vector
+  assert records.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  # RFC 3720 (iSCSI) B.4 vectors.
+  assert records.crc32c(bytes(32)) == 0x8A9136AA
+  assert records.crc32c(b"\xff" * 32) == 0x62A8AB43
+  assert records.crc32c(bytes(range(32))) == 0x46DD794E
   rng = np.random.default_rng(0)
-  for n in (1023, 1024, 1025, 4099, 70001, 300000):
+  for n in (1, 7, 1023, 4099):
     data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-    slow = records._crc_update_small(0xFFFFFFFF, data) ^ 0xFFFFFFFF
-    assert records.crc32c(data) == slow, n
+    assert records.crc32c(data) == _crc32c_bitwise(data), n
+    assert records.crc32c(memoryview(data)) == records.crc32c(bytearray(data)) == records.crc32c(data)
+
+
+def test_framing_with_google_crc32c_pure_python_fallback(tmp_path, monkeypatch):
+  """Without its C extension google_crc32c runs its own Python code; records stay the same."""
+  import google_crc32c.python  # pylint: disable=import-outside-toplevel
+  data = records.encode_clip(clip_id="c", frames=[b"\xff\xd8" + bytes(range(256)) * 9],
+                             height=2, width=2, fps=25.0)
+  framed = records.frame_record(data)
+  monkeypatch.setattr(records, "google_crc32c", google_crc32c.python)
+  assert records.frame_record(data) == framed
+  assert records.unframe("x", 0, 0, framed) == data
+  path = str(tmp_path / "one.tfrecord")
+  with open(path, "wb") as f:
+    f.write(framed + framed[:-1])
+  stats = records.ReadStats()
+  assert [d for _, _, d in records.iter_shard(path, stats)] == [data]
+  assert stats.truncated_shards == [path]
+  damaged = bytearray(framed)
+  damaged[20] ^= 1
+  with pytest.raises(records.CorruptRecordError, match="data checksum"):
+    records.unframe("x", 0, 0, bytes(damaged))
 
 
 def test_example_codec_round_trip():
@@ -51,6 +85,123 @@ def test_example_codec_round_trip():
   assert empty["values"].shape == (0,) and empty["label"] == 3
   with pytest.raises(ValueError):
     records.decode_clip(data[:-5])
+
+
+def test_example_codec_edge_values_and_errors():
+  features = {
+      "z/int": ("int64", [-1, 0, 300, 2**63 - 1, -2**63]),
+      "a/float": ("float", [1.5, -0.0, float("inf"), 0.1]),
+      "m/bytes": ("bytes", [b"", b"\x00" * 300, "é".encode()]),
+      "empty/bytes": ("bytes", []), "empty/float": ("float", []), "empty/int": ("int64", []),
+      "ключ": ("bytes", [b"k"]),
+  }
+  data = records.encode_example(features)
+  # Stable bytes: insertion order of the dict does not matter.
+  assert records.encode_example(dict(reversed(list(features.items())))) == data
+  back = records.parse_example(data)
+  assert back.keys() == features.keys()
+  for key, (kind, values) in features.items():
+    assert back[key][0] == kind, key  # empty lists keep their kind
+    if kind == "float":
+      np.testing.assert_array_equal(back[key][1], np.float32(values))
+    else:
+      assert back[key][1] == values, key
+  assert records.parse_example(b"") == {}
+  assert records.parse_example(records.encode_example({})) == {}
+  for bad in (b"\x0a\x05\x0a", b"\xff", data[:-3]):
+    with pytest.raises(ValueError, match="not a well-formed tf.train.Example"):
+      records.parse_example(bad)
+  with pytest.raises(ValueError, match="'a'.*out of range"):
+    records.encode_example({"a": ("int64", [2**63])})
+  with pytest.raises(TypeError, match="'a' \\(bytes\\)"):
+    records.encode_example({"a": ("bytes", ["text"])})
+  with pytest.raises(ValueError, match="kind 'str'"):
+    records.encode_example({"a": ("str", [b"x"])})
+
+
+def test_example_messages_match_tensorflow_schema():
+  """Same field numbers, types, labels and packing as tf.train.Example, under another package."""
+  tf = pytest.importorskip("tensorflow")
+  from google.protobuf import descriptor_pool  # pylint: disable=import-outside-toplevel
+  from data_pipelines.proto import example_pb2  # pylint: disable=import-outside-toplevel
+
+  def fields(message):
+    out = {}
+    for f in message.fields:
+      out[f.name] = (f.number, f.type, f.is_repeated, f.is_packed,
+                     f.containing_oneof.name if f.containing_oneof else None,
+                     f.message_type.name if f.message_type else None)
+    return out
+
+  pending, seen = [(example_pb2.Example.DESCRIPTOR, tf.train.Example.DESCRIPTOR)], set()
+  while pending:
+    ours, theirs = pending.pop()
+    if ours.name in seen:
+      continue
+    seen.add(ours.name)
+    assert ours.name == theirs.name and fields(ours) == fields(theirs), ours.name
+    assert ours.GetOptions().map_entry == theirs.GetOptions().map_entry
+    pending += [(a.message_type, b.message_type) for a, b in zip(ours.fields, theirs.fields)
+                if a.message_type]
+  assert seen == {"Example", "Features", "FeatureEntry", "Feature", "BytesList", "FloatList",
+                  "Int64List"}
+  pool = descriptor_pool.Default()  # both registered side by side, whichever came first
+  assert pool.FindMessageTypeByName("tensorflow.Example").file.name != \
+      pool.FindMessageTypeByName("svfap.records.Example").file.name
+
+
+def test_generated_modules_match_proto_sources(tmp_path):
+  """The checked-in *_pb2.py modules are the compiled .proto files (needs a protobuf compiler)."""
+  from google.protobuf import descriptor_pb2  # pylint: disable=import-outside-toplevel
+  from data_pipelines.proto import example_pb2  # pylint: disable=import-outside-toplevel
+  from data_pipelines.proto import feature_pb2  # pylint: disable=import-outside-toplevel
+  try:
+    import grpc_tools  # pylint: disable=import-outside-toplevel,unused-import
+    protoc = [sys.executable, "-m", "grpc_tools.protoc"]
+  except ImportError:
+    if shutil.which("protoc") is None:
+      pytest.skip("no protobuf compiler (grpcio-tools or protoc)")
+    protoc = ["protoc"]
+  out = tmp_path / "set.pb"
+  subprocess.run(protoc + ["--proto_path=.", f"--descriptor_set_out={out}",
+                           "data_pipelines/proto/feature.proto",
+                           "data_pipelines/proto/example.proto"], cwd=REPO, check=True)
+  compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+
+  def drop_json_names(messages):  # descriptor sets carry them, generated modules leave them out
+    for m in messages:
+      for f in m.field:
+        f.ClearField("json_name")
+      drop_json_names(m.nested_type)
+
+  for module, want in zip((feature_pb2, example_pb2), compiled.file):
+    drop_json_names(want.message_type)
+    have = descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
+    assert have == want, f"{module.__name__} is stale: run data_pipelines/proto/regenerate.sh"
+
+
+def test_general_examples_are_byte_compatible_with_tensorflow():
+  """Examples beyond the clip schema (empty lists, extreme ints, odd keys) both ways."""
+  tf = pytest.importorskip("tensorflow")
+  tf_example = tf.train.Example(features=tf.train.Features(feature={
+      "ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[-2**63, -1, 2**63 - 1])),
+      "scores": tf.train.Feature(float_list=tf.train.FloatList(value=[0.1, -3e38, 1e-40])),
+      "blobs": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"", b"\x00\xff" * 99])),
+      "none/float": tf.train.Feature(float_list=tf.train.FloatList()),
+      "none/bytes": tf.train.Feature(bytes_list=tf.train.BytesList()),
+      "unset": tf.train.Feature(),
+      "ключ/名": tf.train.Feature(int64_list=tf.train.Int64List(value=[7])),
+  }))
+  theirs = tf_example.SerializeToString(deterministic=True)
+  parsed = records.parse_example(theirs)
+  assert parsed["unset"] == (None, [])
+  assert parsed["ids"] == ("int64", [-2**63, -1, 2**63 - 1])
+  np.testing.assert_array_equal(parsed["scores"][1], np.float32([0.1, -3e38, 1e-40]))
+  assert parsed["none/float"] == ("float", []) and parsed["none/bytes"] == ("bytes", [])
+  ours = records.encode_example({k: v for k, v in parsed.items() if k != "unset"})
+  del tf_example.features.feature["unset"]
+  assert ours == tf_example.SerializeToString(deterministic=True)
+  assert tf.train.Example.FromString(ours) == tf_example
 
 
 def test_records_parse_with_tensorflow(dataset):
@@ -206,14 +357,6 @@ def test_data_module_is_light_and_reads_clips(dataset):
   assert c["frames"].dtype == np.uint8 and c["frames"].shape == (16, 64, 64, 3)
   assert isinstance(c["label"], int) and c["values"].dtype == np.float32
   assert data.load_info(dataset)["label_names"] == list(synthetic.EMOTIONS)
-
-
-def test_crc32c_implementations_agree():
-  rng = np.random.default_rng(0)
-  for n in (0, 1, 7, 1023, 1024, 4097, 100_003):
-    data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-    assert records.crc32c(data) == records.crc32c_numpy(data)
-  assert records.crc32c_numpy(b"123456789") == 0xE3069283  # the CRC-32C check value
 
 
 def test_url_datasets_read_through_epath(dataset, monkeypatch):

@@ -1,0 +1,1 @@
+"""tf.train.Example messages generated from the .proto files here (see regenerate.sh)."""
