@@ -5,10 +5,14 @@ Layout of a workdir:
   best/<step>/{state,meta}               the best checkpoint by the selection metric
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a crash
 (even SIGKILL) mid-write leaves the previous checkpoint intact and resuming picks it up.
+
+Orbax accepts only absolute paths; every path handed to it here goes through `absolute_path`, so
+callers may pass paths relative to the current directory (and gs:// URLs stay URLs).
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any, Optional
 
@@ -17,6 +21,26 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+def absolute_path(path) -> epath.Path:
+  """`path` as an absolute epath.Path: local paths resolved against the current directory (and
+  `~` expanded); URLs such as gs://bucket/run, which are already absolute, are left unchanged."""
+  p = epath.Path(path)
+  if p.is_absolute():
+    return p
+  return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def open_manager(directory, *, item_names=("state", "data", "meta"),
+                 **options) -> ocp.CheckpointManager:
+  """An Orbax CheckpointManager for `directory` (relative, absolute or a URL).
+
+  `options` are CheckpointManagerOptions fields; without any the manager only reads.
+  """
+  return ocp.CheckpointManager(
+      absolute_path(directory), item_names=item_names,
+      options=ocp.CheckpointManagerOptions(**options) if options else None)
 
 
 def _options(**kw):
@@ -28,7 +52,7 @@ class RunCheckpointer:
 
   def __init__(self, workdir: str, *, keep: int = 2, best_metric: Optional[str] = None,
                best_mode: str = "max", async_save: bool = True):
-    root = epath.Path(workdir)
+    root = absolute_path(workdir)
     self.last = ocp.CheckpointManager(
         root / "checkpoints",
         options=_options(max_to_keep=keep, enable_async_checkpointing=async_save),
@@ -101,16 +125,16 @@ class RunCheckpointer:
 
 def find_checkpoint_dir(path: str) -> tuple[ocp.CheckpointManager, int]:
   """A workdir, its checkpoints/ or best/ dir, or one step dir -> (manager, step) to read."""
-  p = epath.Path(path)
+  p = absolute_path(path)
   candidates = [p / "checkpoints", p / "best", p]
   for c in candidates:
     if c.exists():
-      mgr = ocp.CheckpointManager(c, item_names=("state", "data", "meta"))
+      mgr = open_manager(c)
       step = mgr.latest_step()
       if step is not None:
         return mgr, step
   if p.name.isdigit() and p.parent.exists():
-    return ocp.CheckpointManager(p.parent, item_names=("state", "data", "meta")), int(p.name)
+    return open_manager(p.parent), int(p.name)
   raise FileNotFoundError(
       f"{path}: no Orbax checkpoint found (looked in {', '.join(str(c) for c in candidates)})")
 

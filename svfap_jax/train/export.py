@@ -47,10 +47,9 @@ def import_main(argv) -> int:
   model = api.import_torch(args.torch, args.model, num_classes=args.num_classes,
                            pretrain=args.pretrain, original_pretrain_quirks=args.quirks)
   meta = {"model": args.model, "mode": "pretrain" if args.pretrain else "finetune", "step": 0,
-          "num_outputs": args.num_classes, "source": args.torch}
-  manager = ocp.CheckpointManager(epath.Path(args.workdir) / "checkpoints",
-                                  options=ocp.CheckpointManagerOptions(create=True),
-                                  item_names=("state", "meta"))
+          "num_outputs": args.num_classes, "source": str(checkpoint.absolute_path(args.torch))}
+  manager = checkpoint.open_manager(checkpoint.absolute_path(args.workdir) / "checkpoints",
+                                    item_names=("state", "meta"), create=True)
   manager.save(0, args=ocp.args.Composite(
       state=ocp.args.StandardSave({"params": jax.device_get(model.params)}),
       meta=ocp.args.JsonSave(meta)), force=True)

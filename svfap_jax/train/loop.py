@@ -271,7 +271,8 @@ class Trainer:
             "model": self.config.model.name, "mode": self.mode,
             "num_outputs": self.num_outputs, "task": self.config.task,
             "label_names": info.get("label_names"), "value_names": info.get("value_names"),
-            "preprocessing": info.get("preprocessing"), "dataset_dir": self.dataset_dir}
+            "preprocessing": info.get("preprocessing"),
+            "dataset_dir": str(checkpoint.absolute_path(self.dataset_dir))}
     meta.update(extra or {})
     return meta
 
