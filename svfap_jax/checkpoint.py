@@ -93,8 +93,8 @@ class RunCheckpointer:
     return self.last.save(step, args=ocp.args.Composite(**items), force=force)
 
   def save_best(self, step: int, state, metrics: dict, meta: Optional[dict] = None) -> bool:
-    if self.best is None:
-      return False
+    if self.best is None or self.best_metric not in metrics:
+      return False  # e.g. an evaluation split without labels has no metric to select by
     return self.best.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -111,27 +111,41 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray,
                        names: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Scores of continuous predictions (N, K) or (N,).
 
+  A NaN in `y_true` is a missing annotation: each dimension is scored over the rows where its
+  target is present, and a dimension without any present value is left out of the means.
+
   Returns:
     dict with the mean over dimensions of `ccc`, `pcc`, `rmse`, `mae` and `acc_1_minus_mae`
     (1 - MAE, meaningful for targets in [0, 1]), and `per_dim`: {name: those five for that
-    dimension}. Names default to "0" .. "K-1".
+    dimension and `count`, its number of present targets}. Names default to "0" .. "K-1".
+    Without any present target the means are NaN.
   """
   t, p = _as_columns(y_true), _as_columns(y_pred)
   if t.shape != p.shape:
     raise ValueError(f"y_true {t.shape} and y_pred {p.shape} differ")
-  err = p - t
-  per = {
-      "ccc": ccc(t, p),
-      "pcc": pcc(t, p),
-      "rmse": np.sqrt((err ** 2).mean(axis=0)),
-      "mae": np.abs(err).mean(axis=0),
-  }
-  per["acc_1_minus_mae"] = 1.0 - per["mae"]
-  names = list(names) if names is not None else [str(i) for i in range(t.shape[1])]
-  if len(names) != t.shape[1]:
-    raise ValueError(f"{len(names)} names for {t.shape[1]} output dimensions")
-  out: dict[str, Any] = {k: float(v.mean()) for k, v in per.items()}
-  out["per_dim"] = {n: {k: float(v[i]) for k, v in per.items()} for i, n in enumerate(names)}
+  k = t.shape[1]
+  names = list(names) if names is not None else [str(i) for i in range(k)]
+  if len(names) != k:
+    raise ValueError(f"{len(names)} names for {k} output dimensions")
+  present = ~np.isnan(t)
+  keys = ("ccc", "pcc", "rmse", "mae", "acc_1_minus_mae")
+  per = {key: np.full(k, np.nan) for key in keys}
+  for j in range(k):
+    rows = present[:, j]
+    if not rows.any():
+      continue
+    tj, pj = t[rows, j], p[rows, j]
+    err = pj - tj
+    per["ccc"][j] = ccc(tj, pj)[0]
+    per["pcc"][j] = pcc(tj, pj)[0]
+    per["rmse"][j] = np.sqrt((err ** 2).mean())
+    per["mae"][j] = np.abs(err).mean()
+    per["acc_1_minus_mae"][j] = 1.0 - per["mae"][j]
+  scored = present.any(axis=0)
+  out: dict[str, Any] = {key: float(v[scored].mean()) if scored.any() else float("nan")
+                         for key, v in per.items()}
+  out["per_dim"] = {n: {**{key: float(v[i]) for key, v in per.items()},
+                        "count": int(present[:, i].sum())} for i, n in enumerate(names)}
   return out
 
 

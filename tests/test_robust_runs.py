@@ -59,6 +59,20 @@ def _inside(directory):
     signal.signal(signal.SIGTERM, handler)
 
 
+def _env(devices, **extra):
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=_CACHE, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 def _leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
@@ -106,3 +120,59 @@ def test_checkpoint_layer_takes_relative_paths(tmp_path):
                                  num_classes=2)
   for a, b in zip(_leaves(model.params), _leaves(again.params)):
     np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ evaluation of real test splits
+
+
+def test_metrics_leave_out_unlabelled_clips():
+  """evaluate's metrics helpers on a split with labels -1 and NaN values, against numpy."""
+  from svfap_jax import metrics
+  rng = np.random.default_rng(0)
+  t = rng.uniform(-1, 1, (12, 2))
+  p = t * 0.5 + rng.normal(0, 0.2, (12, 2))
+  t_missing = t.copy()
+  t_missing[:4, 0] = np.nan          # 4 clips without valence
+  out = metrics.regression_metrics(t_missing, p, names=["valence", "arousal"])
+  ref = metrics.regression_metrics(t[4:, :1], p[4:, :1])
+  assert out["per_dim"]["valence"]["ccc"] == pytest.approx(ref["ccc"])
+  assert out["per_dim"]["valence"]["count"] == 8 and out["per_dim"]["arousal"]["count"] == 12
+  rmse_arousal = np.sqrt(np.mean((t[:, 1] - p[:, 1]) ** 2))
+  assert out["per_dim"]["arousal"]["rmse"] == pytest.approx(rmse_arousal)
+  assert out["rmse"] == pytest.approx((np.sqrt(np.mean((t[4:, 0] - p[4:, 0]) ** 2))
+                                       + rmse_arousal) / 2)
+
+
+def test_config_check_names_a_bad_eval_batch_size():
+  import ml_collections
+  from configs import demo
+  from svfap_jax.train import config_check
+  config = demo.get_config("finetune")
+  with config.unlocked():
+    config.data.eval_batch_size = -1
+  with pytest.raises(config_check.ConfigError, match=r"data\.eval_batch_size=-1 must be >= 0"):
+    config_check.validate(config, mode="finetune")
+  assert isinstance(config, ml_collections.ConfigDict)
+
+
+_GATHER_IDS = r"""
+import json, sys
+import jax
+from svfap_jax import sharding
+sharding.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+from svfap_jax.train import evaluate
+mine = [["a", "\u8868\u60c5" * 90 + "/x", ""], ["b" * 300, "c", "\u00e9"]][jax.process_index()]
+print(json.dumps(evaluate._gather_strings(mine)))
+"""
+
+
+def test_ids_of_any_length_gather_across_processes():
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", _GATHER_IDS, f"127.0.0.1:{port}", str(i)],
+                            cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  expected = ["a", "\u8868\u60c5" * 90 + "/x", "", "b" * 300, "c", "\u00e9"]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == expected

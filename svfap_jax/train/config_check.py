@@ -100,6 +100,14 @@ def validate(config, *, mode: str) -> dict:
     errors.append(f"mesh: {e}")
   need(per_step % jax.process_count() == 0,
        f"batch_size/accum_steps={per_step} must be divisible by the {jax.process_count()} processes")
+  # Evaluation batches of any size run on any mesh: they are rounded up to the batch shards and
+  # a short batch is padded with masked-out rows (train/evaluate.py), so only the sign matters.
+  need(config.data.eval_batch_size >= 0,
+       f"data.eval_batch_size={config.data.eval_batch_size} must be >= 0 (0 = batch_size)")
+  probe = config.get("probe")
+  if probe is not None and "batch_size" in probe:
+    need(probe.batch_size >= 0,
+         f"probe.batch_size={probe.batch_size} must be >= 0 (0 = batch_size)")
   if mode == "finetune":
     allowed = CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
     need(config.best_metric in allowed,
