@@ -475,7 +475,8 @@ class Embedder:
                            num_views=int(num_segments))
 
 
-def _check_dataset(dataset_dir: str, splits: Sequence[str]) -> dict:
+def _check_dataset(dataset_dir: str, splits: Sequence[str],
+                   fields: str = "--train-split/--test-split") -> dict:
   from data_pipelines import records  # pylint: disable=g-import-not-at-top
   import etils.epath as epath  # pylint: disable=g-import-not-at-top
   info_path = epath.Path(dataset_dir) / "dataset_info.json"
@@ -487,7 +488,7 @@ def _check_dataset(dataset_dir: str, splits: Sequence[str]) -> dict:
   for split in splits:
     if split not in have:
       raise ProbeError(f"{dataset_dir} has no split {split!r} (it has {have}); pick others "
-                       "with --train-split/--test-split")
+                       f"with {fields}")
   return info
 
 
@@ -610,9 +611,47 @@ def set_linear_probe_statistics(config, module, params, dataset_dir: str, mesh):
   return with_feature_statistics(params, mean, var)
 
 
+def init_linear_probe_state(state, config, module, dataset_dir: str, mesh):
+  """A fresh train state with the linear probe's feature statistics set (a no-op for other runs).
+
+  Sets them in `state.params` and in `state.ema_params` when the run keeps an EMA (evaluation
+  reads the EMA copy, and an average would only creep towards the statistics). The optimizer
+  state is unaffected: the statistics are frozen and have none. Call it once, after the state is
+  created and before the first step, and not when resuming (the checkpoint holds them). Every
+  process must call it.
+  """
+  if not getattr(module, "linear_probe", False):
+    return state
+  params = set_linear_probe_statistics(config, module, state.params, dataset_dir, mesh)
+  ema = state.ema_params
+  if ema is not None:
+    import jax  # pylint: disable=g-import-not-at-top
+    ema = dict(ema)
+    # Own buffers: the train step donates the state, and one buffer cannot be donated twice.
+    ema["head_norm"] = jax.tree_util.tree_map(lambda x: x.copy(), params["head_norm"])
+  return state.replace(params=params, ema_params=ema)
+
+
 # ------------------------------------------------------------------------------------------------
 # During pretraining.
 # ------------------------------------------------------------------------------------------------
+
+
+def config_errors(config) -> list[str]:
+  """Problems of the `probe.*` config fields (none when probing is off), one message each."""
+  p = config.get("probe") if hasattr(config, "get") else None
+  if not p or not p.data.dir:
+    return []
+  errors = []
+  for field, low in (("every_steps", 1), ("knn_k", 1), ("batch_size", 0), ("num_segments", 1)):
+    if int(p[field]) < low:
+      errors.append(f"probe.{field}={p[field]} must be >= {low}")
+  try:
+    _check_dataset(_abs(p.data.dir), (p.train_split, p.test_split),
+                   "probe.train_split/probe.test_split")
+  except ProbeError as e:
+    errors.append(f"probe.data.dir: {e}")
+  return errors
 
 
 class ProbeMonitor:
@@ -649,7 +688,8 @@ class ProbeMonitor:
     self.train_split, self.test_split = p.train_split, p.test_split
     self.every_steps = int(p.every_steps)
     self.knn_k = int(p.knn_k)
-    self.info = _check_dataset(self.dataset_dir, (self.train_split, self.test_split))
+    self.info = _check_dataset(self.dataset_dir, (self.train_split, self.test_split),
+                               "probe.train_split/probe.test_split")
     self.run_module = module
     self.spec = module.spec
     self.pretrain = not isinstance(module, VideoClassifier)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from configs import common
-from svfap_jax import api, probe, sharding
+from svfap_jax import api, optim, probe, sharding
 from svfap_jax.models.registry import get_spec
+from svfap_jax.train.state import TrainState
 
 # Small inputs keep every compile in this file to seconds: a 32 px, 4-frame ViT.
 MODEL = "vit_tiny"
@@ -283,7 +284,19 @@ def test_linear_probe_head_reads_standardised_features(dataset):
   config = ml_collections.ConfigDict(common.base("finetune").to_dict())
   config.data.update(dir=data, img_size=32, num_frames=4, sampling_rate=2)
   config.batch_size = 8
-  params = probe.set_linear_probe_statistics(config, module, params, data, mesh)
+  config.finetune.mode = "linear_probe"
+  tx, _ = optim.make_optimizer(config, params, pretrain=False, total_steps=10)
+  state = probe.init_linear_probe_state(TrainState.create(params, tx, 0, ema=True), config,
+                                        module, data, mesh)
+  params = jax.device_get(state.params)
+  # The EMA copy (what evaluation reads) holds the same statistics, in buffers of its own.
+  for name in ("mean", "var"):
+    np.testing.assert_array_equal(state.ema_params["head_norm"][name], params["head_norm"][name])
+    assert state.ema_params["head_norm"][name] is not state.params["head_norm"][name]
+  # Other runs are left alone.
+  plain_state = TrainState.create(params, tx, 0)
+  assert probe.init_linear_probe_state(plain_state, config, module.clone(linear_probe=False),
+                                       data, mesh) is plain_state
 
   feats = probe.Embedder(module, mesh).embed(params, data, "train", batch_size=8, num_frames=4,
                                              sampling_rate=2, img_size=32).features
@@ -303,3 +316,29 @@ def test_linear_probe_head_reads_standardised_features(dataset):
   # A plain classifier on the same parameters ignores the statistics: the option matters.
   plain = module.clone(linear_probe=False).apply({"params": params}, video)
   assert not np.allclose(plain, logits)
+
+
+def test_config_checks_and_the_linear_probe_config(dataset):
+  from configs import linear_probe
+  data, _ = dataset
+  config = _pretrain_config(data)
+  assert probe.config_errors(config) == []
+  config.probe.every_steps, config.probe.test_split = 0, "val"
+  errors = " | ".join(probe.config_errors(config))
+  assert "probe.every_steps=0 must be >= 1" in errors
+  assert "no split 'val'" in errors and "probe.test_split" in errors
+  config.probe.data.dir = ""
+  assert probe.config_errors(config) == []
+
+  lp = linear_probe.get_config()
+  assert lp.finetune.mode == "linear_probe" and optim.finetune_config_errors(lp) == []
+  assert lp.model.drop_path_rate == 0.0 and lp.augment.mixup == 0.0
+  spec = get_spec(lp.model.name)
+  module = api.build_module(spec, num_classes=7).clone(linear_probe=True)
+  tree = jax.eval_shape(lambda k: api.init_params(module, spec, k, False)[0], jax.random.key(0))
+  mask = optim.trainable_mask_for(lp, tree, pretrain=False)
+  assert [k for k, v in mask.items() if any(jax.tree_util.tree_leaves(v))] == ["head"]
+  dfew = linear_probe.get_config("dataset=dfew,fold=2,model=svfap_small")
+  assert (dfew.fold, dfew.model.name, dfew.finetune.mode) == (2, "svfap_small", "linear_probe")
+  with pytest.raises(ValueError, match="unknown dataset"):
+    linear_probe.get_config("dataset=nope")
