@@ -36,6 +36,44 @@ _TINY = ["--config.model.name=svfap_tiny", "--config.data.img_size=64",
          "--config.recon_image_every_steps=0", "--config.data.worker_count=0"]
 
 
+def _enable_compile_cache():
+  import jax
+  jax.config.update("jax_compilation_cache_dir", _CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _write_clip(folder: pathlib.Path, seed: int, emotion: int, frames: int = 20, size: int = 48):
+  from PIL import Image
+  from data_pipelines.synthetic import render_clip
+  folder.mkdir(parents=True, exist_ok=True)
+  for i, frame in enumerate(render_clip(emotion, frames, size, np.random.default_rng(seed))):
+    Image.fromarray(frame).save(folder / f"{i:04d}.jpg", quality=90)
+
+
+def _prepare(root: pathlib.Path, out: str, splits: dict, values: dict = None):
+  """Frame-folder clips + original-format lists -> `prepare` into root/out.
+
+  splits: {split: [(relative clip folder, label)]}; values: {split: [(folder, v1, v2)]}.
+  """
+  from data_pipelines import build
+  argv = ["--out", str(root / out), "--short-side", "48", "--label-names", "calm,happy",
+          "--quiet"]
+  for split, clips in splits.items():
+    for i, (rel, label) in enumerate(clips):
+      _write_clip(root / rel, seed=hash((split, i)) % 1000, emotion=3 if label == 1 else 0)
+    (root / f"{split}.txt").write_text("".join(f"{rel} {label}\n" for rel, label in clips),
+                                       encoding="utf-8")
+    argv += ["--list", f"{split}={root / f'{split}.txt'}"]
+  for split, rows in (values or {}).items():
+    (root / f"{split}_va.txt").write_text(
+        "".join(f"{rel} {a} {b}\n" for rel, a, b in rows), encoding="utf-8")
+    argv += ["--regression", f"{split}={root / f'{split}_va.txt'}"]
+  if values:
+    argv += ["--value-names", "valence,arousal"]
+  assert build.main(argv) == 0
+  return root / out
+
+
 def _cli(*argv):
   from svfap_jax import cli
   # ml_collections finds the --config file (and so its override flags) in sys.argv.
@@ -57,6 +95,18 @@ def _inside(directory):
   finally:
     os.chdir(previous)
     signal.signal(signal.SIGTERM, handler)
+
+
+def _finetune_args(workdir, data, *extra):
+  return ["finetune", "--config", str(ROOT / "configs/demo.py") + ":finetune", "--workdir",
+          workdir, f"--config.data.dir={data}", "--config.total_steps=2",
+          "--config.batch_size=2", "--config.eval_every_steps=2",
+          "--config.checkpoint_every_steps=2", "--config.log_every_steps=1", *_TINY, *extra]
+
+
+def _read_csv(path):
+  with open(path, encoding="utf-8", newline="") as f:
+    return list(csv.DictReader(f))
 
 
 def _env(devices, **extra):
@@ -176,3 +226,130 @@ def test_ids_of_any_length_gather_across_processes():
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
     assert json.loads(out.strip().splitlines()[-1]) == expected
+
+
+# ----------------------------------------------------- a fine-tuning run that never loses training
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 2-step fine-tuning started with relative paths whose evaluation after the last step
+  fails (injected), then resumed; its test split has long CJK ids and an unlabelled clip."""
+  _enable_compile_cache()
+  root = tmp_path_factory.mktemp("robust")
+  long_a, long_b = f"T/{LONG_DIR}/clip_a", f"T/{LONG_DIR}/clip_b"
+  _prepare(root, "ds", {
+      "train": [("R/a", 0), ("R/b", 1), ("R/c", 0), ("R/d", 1)],
+      "test": [(long_a, 0), (long_b, 1), ("T/short/clip_c", 1), ("T/unsure/clip_u", -1)]})
+  from svfap_jax.train import evaluate
+  real = evaluate.evaluate
+  calls = []
+
+  def failing(*args, **kwargs):
+    calls.append(kwargs["kind"])
+    raise RuntimeError("injected evaluation failure")
+
+  with _inside(root), pytest.MonkeyPatch.context() as mp:
+    mp.setattr(evaluate, "evaluate", failing)
+    with pytest.raises(RuntimeError, match="injected evaluation failure"):
+      _cli(*_finetune_args("W", "ds"))
+  failed_steps = sorted(int(p.name) for p in (root / "W" / "checkpoints").iterdir()
+                        if p.name.isdigit())
+  assert calls == ["eval"]
+  with _inside(root):
+    assert _cli(*_finetune_args("W", "ds")) == 0
+  assert evaluate.evaluate is real
+  return {"root": root, "failed_steps": failed_steps,
+          "report": json.loads((root / "W" / "report.json").read_text())}
+
+
+def test_checkpoint_survives_a_failing_evaluation_and_resumes(run):
+  """The step-2 checkpoint is written before the evaluation of step 2, which fails; the
+  restarted run resumes from it (nothing retrained) and finishes with its final test."""
+  assert run["failed_steps"] == [2]
+  report = run["report"]
+  assert report["steps"] == 2 and report["total_steps"] == 2 and not report["preempted"]
+  rows = [json.loads(l) for l in (run["root"] / "W" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if "loss" in r and "split" not in r] == [1, 2]
+  assert report["test_last"]["num_videos"] == 4
+
+
+def test_every_command_takes_relative_paths(run):
+  """export, import, predict, extract, evaluate and finetune --config.init_from with paths
+  relative to the current directory (the finetune --workdir W of the fixture is one too)."""
+  root = run["root"]
+  with _inside(root):
+    assert _cli("export", "--workdir", "W", "--out", "out/m.pth") == 0
+    assert (root / "out" / "m.pth").stat().st_size > 0
+    assert _cli("import", "--torch", "out/m.pth", "--workdir", "imp", "--model", "svfap_tiny",
+                "--num-classes", "2") == 0
+    assert (root / "imp" / "checkpoints" / "0").is_dir()
+    assert _cli("predict", "--workdir", "W", "--video", "R/a", "--face-crop", "off", "--out",
+                "out/pred.json", "--quiet") == 0
+    assert json.loads((root / "out" / "pred.json").read_text())["windows"]
+    assert _cli("extract", "--checkpoint", "W/checkpoints", "--video", "R/b", "--face-crop",
+                "off", "--out", "out/emb.npy", "--quiet") == 0
+    embedding = np.load(root / "out" / "emb.npy", allow_pickle=True).item()["video"]
+    assert embedding.ndim == 1 and np.isfinite(embedding).all()
+    assert _cli("evaluate", "--config", str(ROOT / "configs/demo.py") + ":finetune", "--workdir",
+                "W", "--config.data.dir=ds", "--config.batch_size=2", *_TINY) == 0
+    assert json.loads((root / "W" / "report.json").read_text())["evaluate_best"]["num_videos"] == 4
+    # A relative init_from; one step from the imported weights.
+    assert _cli(*_finetune_args("W2", "ds", "--config.init_from=imp",
+                                "--config.total_steps=1", "--config.eval_every_steps=1",
+                                "--config.checkpoint_every_steps=1")) == 0
+  meta = json.loads((root / "W2" / "run_meta.json").read_text())
+  assert "loaded" in meta["init_report"]
+  assert (root / "W2" / "checkpoints" / "1").is_dir()
+
+
+def test_ids_of_any_length_stay_whole_and_distinct(run):
+  """Two clips whose 259-byte ids differ only after byte 256 stay two clips, with whole ids."""
+  from svfap_jax.data import read_clips
+  stored = [c["id"] for c in read_clips(str(run["root"] / "ds"), "test")]
+  long_ids = [i for i in stored if LONG_DIR in i]
+  assert len(long_ids) == 2 and all(len(i.encode()) > 256 for i in long_ids)
+  assert long_ids[0][:86] == long_ids[1][:86]   # the same first 258 bytes
+  metrics = run["report"]["test_last"]
+  assert metrics["num_videos"] == 4 and metrics["num_views"] == 8
+  rows = _read_csv(run["root"] / "W" / "test_last_predictions.csv")
+  assert sorted(r["id"] for r in rows) == sorted(stored)
+
+
+def test_unlabelled_test_clips_are_scored_counted_and_left_out(run):
+  """Metrics over the 3 labelled clips; the unlabelled one is counted and has its prediction."""
+  metrics = run["report"]["test_last"]
+  assert metrics["num_unlabelled"] == 1
+  assert sum(metrics["support"]) == 3 and metrics["support"] == [1, 2]
+  rows = {r["id"]: r for r in _read_csv(run["root"] / "W" / "test_last_predictions.csv")}
+  assert rows["unsure/clip_u"]["label"] == "-1"
+  # UAR / WAR from the CSV's labelled rows, independently of the metrics code.
+  labelled = [r for r in rows.values() if r["label"] != "-1"]
+  correct = [r["label"] == r["predicted"] for r in labelled]
+  assert metrics["war"] == pytest.approx(np.mean(correct))
+  recalls = [np.mean([r["label"] == r["predicted"] for r in labelled if r["label"] == c])
+             for c in ("0", "1")]
+  assert metrics["uar"] == pytest.approx(np.mean(recalls))
+
+
+def test_eval_batch_that_does_not_split_over_devices_is_padded(run, tmp_path):
+  """data.eval_batch_size=3 on 2 devices: every clip is scored (4 clips, 8 views), with the same
+  scores as batch 2."""
+  import shutil
+  shutil.copytree(run["root"] / "W", tmp_path / "W", ignore=shutil.ignore_patterns("*.png"))
+  argv = [sys.executable, "-m", "svfap_jax", "evaluate", "--config",
+          str(ROOT / "configs/demo.py") + ":finetune", "--workdir", str(tmp_path / "W"),
+          f"--config.data.dir={run['root'] / 'ds'}", "--config.batch_size=2",
+          "--config.data.eval_batch_size=3", "--checkpoint", "last", *_TINY]
+  proc = subprocess.run(argv, cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "data.eval_batch_size=3 does not split over 2 batch shard(s)" in proc.stderr
+  metrics = json.loads((tmp_path / "W" / "report.json").read_text())["evaluate_last"]
+  assert metrics["num_videos"] == 4 and metrics["num_views"] == 8
+  ours = {r["id"]: r for r in _read_csv(tmp_path / "W" / "evaluate_last_predictions.csv")}
+  theirs = {r["id"]: r for r in _read_csv(run["root"] / "W" / "test_last_predictions.csv")}
+  assert ours.keys() == theirs.keys()
+  for key, row in ours.items():
+    np.testing.assert_allclose([float(row["p_calm"]), float(row["p_happy"])],
+                               [float(theirs[key]["p_calm"]), float(theirs[key]["p_happy"])],
+                               atol=1e-4)

@@ -292,38 +292,44 @@ class Trainer:
     eval_every = config.eval_every_steps or self.steps_per_epoch
     profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
     window, window_start, window_time = [], start, time.time()
-    best_value, stopped_early = None, False
-    step = start
-    for step in range(start, self.total_steps):
-      if profile and step == profile[0]:
-        jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
-      for _ in range(config.optim.accum_steps):  # micro-batches of one optimizer update
-        batch = next(train_iter)
-        global_batch = sharding.host_to_global(
-            {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
-        self.state, metrics = self.train_step(self.state, global_batch)
-        window.append(metrics)
-      done = step + 1
-      if profile and done == profile[-1]:
-        jax.profiler.stop_trace()
-      if done % config.log_every_steps == 0 or done == self.total_steps:
-        self._log_window(done, window, window_start, window_time)
-        window, window_start, window_time = [], done, time.time()
-      if self.pretrain and config.recon_image_every_steps and (
-          done % config.recon_image_every_steps == 0 or done == self.total_steps):
-        self._write_reconstruction(done, batch)
-      if not self.pretrain and (done % eval_every == 0 or done == self.total_steps):
-        result = self.evaluate_split(config.data.eval_split, kind="eval", step=done)
-        self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
-      if done % config.checkpoint_every_steps == 0 or done == self.total_steps:
-        self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
-      if _FAULT_AFTER_STEP and done == _FAULT_AFTER_STEP:
-        _die_after_checkpoint(self.checkpointer)
-      if self.preemption.requested:
-        self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
-        stopped_early = True
-        break
-    self.checkpointer.wait()
+    stopped_early = False
+    try:
+      for step in range(start, self.total_steps):
+        if profile and step == profile[0]:
+          jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+        for _ in range(config.optim.accum_steps):  # micro-batches of one optimizer update
+          batch = next(train_iter)
+          global_batch = sharding.host_to_global(
+              {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
+          self.state, metrics = self.train_step(self.state, global_batch)
+          window.append(metrics)
+        done = step + 1
+        if profile and done == profile[-1]:
+          jax.profiler.stop_trace()
+        if done % config.log_every_steps == 0 or done == self.total_steps:
+          self._log_window(done, window, window_start, window_time)
+          window, window_start, window_time = [], done, time.time()
+        if self.pretrain and config.recon_image_every_steps and (
+            done % config.recon_image_every_steps == 0 or done == self.total_steps):
+          self._write_reconstruction(done, batch)
+        # The checkpoint comes before the evaluation: whatever happens in it, the trained state
+        # is on disk (the last step's included, before the final test).
+        saved = done % config.checkpoint_every_steps == 0 or done == self.total_steps
+        if saved:
+          self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+        if not self.pretrain and (done % eval_every == 0 or done == self.total_steps):
+          result = self.evaluate_split(config.data.eval_split, kind="eval", step=done)
+          self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
+        if _FAULT_AFTER_STEP and done == _FAULT_AFTER_STEP:
+          _die_after_checkpoint(self.checkpointer)
+        if self.preemption.requested:
+          if not saved:
+            self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+          stopped_early = True
+          break
+    finally:
+      # Lets an asynchronous save in flight finish even when the loop raised.
+      self.checkpointer.wait()
     summary = {"steps": int(jax.device_get(self.state.step)), "total_steps": self.total_steps,
                "preempted": stopped_early, "compilations": self.trace_count}
     if not self.pretrain and not stopped_early:
