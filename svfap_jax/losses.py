@@ -81,24 +81,57 @@ def pretrain_loss(pred: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.A
   return jnp.mean(jnp.square(pred.astype(jnp.float32) - labels))
 
 
-def soft_target_cross_entropy(logits: jax.Array, soft_targets: jax.Array) -> jax.Array:
-  """Cross-entropy against per-example class distributions (mixup/cutmix, label smoothing)."""
-  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32),
-                                              soft_targets.astype(jnp.float32)))
+def _weighted_mean(x: jax.Array, weights) -> jax.Array:
+  """Mean of `x` (B,) over the examples with weight > 0, weighted; 0.0 when none has weight."""
+  if weights is None:
+    return jnp.mean(x)
+  w = jnp.asarray(weights, jnp.float32)
+  return jnp.sum(jnp.where(w > 0, x * w, 0.0)) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def soft_target_cross_entropy(logits: jax.Array, soft_targets: jax.Array,
+                              weights=None) -> jax.Array:
+  """Cross-entropy against per-example class distributions (mixup/cutmix, label smoothing).
+
+  Args:
+    logits: (B, K) scores.
+    soft_targets: (B, K) target distributions.
+    weights: optional (B,) example weights; examples with weight 0 (e.g. unlabelled clips) are
+      left out, and a batch without any weighted example gives 0.0 (and zero gradients).
+  """
+  ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), soft_targets.astype(jnp.float32))
+  return _weighted_mean(ce, weights)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
   """Cross-entropy with integer labels; smoothing spreads `label_smoothing` uniformly over all
-  classes (torch's `CrossEntropyLoss(label_smoothing=...)` and timm's definition)."""
+  classes (torch's `CrossEntropyLoss(label_smoothing=...)` and timm's definition). Labels < 0
+  (unlabelled clips) are left out, like torch's `ignore_index`."""
   onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
   if label_smoothing:
     onehot = optax.smooth_labels(onehot, label_smoothing)
-  return soft_target_cross_entropy(logits, onehot)
+  return soft_target_cross_entropy(logits, onehot, weights=(labels >= 0).astype(jnp.float32))
 
 
 def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean squared error over all elements."""
-  return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+  """Mean squared error over the target values that are present.
+
+  A NaN target value marks a missing annotation (a clip without, say, its arousal rating): it is
+  left out of the sum and of the count, so every other value still trains and the loss and its
+  gradients stay finite. With no value present at all the loss is 0.0 with zero gradients.
+
+  Args:
+    pred: (B, K) or any shape; cast to float32.
+    target: the same shape as `pred`; NaN = missing.
+
+  Returns:
+    float32 scalar: sum of squared errors over present values / number of present values.
+  """
+  target = target.astype(jnp.float32)
+  present = ~jnp.isnan(target)
+  # NaN never enters the graph: a NaN target times a zero mask would still give NaN gradients.
+  diff = jnp.where(present, pred.astype(jnp.float32) - jnp.where(present, target, 0.0), 0.0)
+  return jnp.sum(jnp.square(diff)) / jnp.maximum(jnp.sum(present), 1).astype(jnp.float32)
 
 
 def _as_columns(x: jax.Array) -> jax.Array:
@@ -110,11 +143,21 @@ def _as_columns(x: jax.Array) -> jax.Array:
 def ccc_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-8) -> jax.Array:
   """1 - concordance correlation coefficient, per output dimension over the batch, averaged.
 
-  CCC = 2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2) with population moments; `eps`
-  keeps a batch with constant predictions and targets finite.
+  CCC = 2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2) with population moments over
+  the rows whose target is present (NaN = missing, left out per dimension); `eps` keeps a batch
+  with constant predictions and targets finite. A dimension without any present value
+  contributes 0.0 and is left out of the average.
   """
   p, t = _as_columns(pred), _as_columns(target)
-  mp, mt = p.mean(axis=0), t.mean(axis=0)
-  cov = jnp.mean((p - mp) * (t - mt), axis=0)
-  denom = p.var(axis=0) + t.var(axis=0) + jnp.square(mp - mt)
-  return jnp.mean(1.0 - 2.0 * cov / (denom + eps))
+  present = ~jnp.isnan(t)
+  w = present.astype(jnp.float32)
+  n = jnp.sum(w, axis=0)
+  safe_n = jnp.maximum(n, 1.0)
+  t = jnp.where(present, t, 0.0)
+  mp, mt = jnp.sum(w * p, axis=0) / safe_n, jnp.sum(w * t, axis=0) / safe_n
+  cov = jnp.sum(w * (p - mp) * (t - mt), axis=0) / safe_n
+  var_p = jnp.sum(w * jnp.square(p - mp), axis=0) / safe_n
+  var_t = jnp.sum(w * jnp.square(t - mt), axis=0) / safe_n
+  per_dim = 1.0 - 2.0 * cov / (var_p + var_t + jnp.square(mp - mt) + eps)
+  used = n > 0
+  return jnp.sum(jnp.where(used, per_dim, 0.0)) / jnp.maximum(jnp.sum(used), 1)

@@ -120,3 +120,58 @@ def test_regression_losses():
       pytest.approx(2.0, abs=1e-5)
   grad = jax.grad(losses.ccc_loss)(jnp.zeros((4, 2)), jnp.zeros((4, 2)))
   assert np.all(np.isfinite(grad))
+
+
+def test_regression_losses_leave_missing_targets_out():
+  """NaN targets (missing annotations) drop out of MSE and CCC; gradients stay finite."""
+  rng = np.random.default_rng(4)
+  pred = rng.standard_normal((8, 2)).astype(np.float32)
+  target = (0.5 * pred + rng.standard_normal((8, 2))).astype(np.float32)
+  target[:3, 0] = np.nan          # 3 clips without valence
+  target[5] = np.nan              # a clip without any value contributes nothing
+  present = ~np.isnan(target)
+  want = np.sum(np.where(present, pred - np.nan_to_num(target), 0.0) ** 2) / present.sum()
+  assert float(losses.mse(jnp.asarray(pred), jnp.asarray(target))) == pytest.approx(want,
+                                                                                  rel=1e-5)
+  # Torch's reference: the mean over the present values only.
+  mask = torch.from_numpy(present)
+  ref = torch.nn.functional.mse_loss(torch.from_numpy(pred)[mask], torch.from_numpy(target)[mask])
+  assert float(losses.mse(jnp.asarray(pred), jnp.asarray(target))) == pytest.approx(float(ref),
+                                                                                  rel=1e-5)
+  grad = jax.grad(losses.mse)(jnp.asarray(pred), jnp.asarray(target))
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_array_equal(np.asarray(grad)[~present], 0.0)   # no pull from missing values
+  # Nothing present: zero loss and zero gradients, not NaN.
+  empty = jnp.full((2, 2), jnp.nan)
+  assert float(losses.mse(jnp.zeros((2, 2)), empty)) == 0.0
+  assert np.all(np.asarray(jax.grad(losses.mse)(jnp.zeros((2, 2)), empty)) == 0.0)
+  # CCC per dimension over its present rows, as if the missing rows were not there.
+  cccs = []
+  for k in range(2):
+    rows = present[:, k]
+    p, t = pred[rows, k].astype(np.float64), target[rows, k].astype(np.float64)
+    cov = np.mean((p - p.mean()) * (t - t.mean()))
+    cccs.append(2 * cov / (p.var() + t.var() + (p.mean() - t.mean()) ** 2))
+  got = float(losses.ccc_loss(jnp.asarray(pred), jnp.asarray(target)))
+  assert got == pytest.approx(1.0 - np.mean(cccs), rel=1e-5)
+  assert np.all(np.isfinite(jax.grad(losses.ccc_loss)(jnp.asarray(pred), jnp.asarray(target))))
+
+
+def test_classification_losses_leave_unlabelled_clips_out():
+  """Label -1 (no class) drops out of the mean, like torch's ignore_index."""
+  rng = np.random.default_rng(5)
+  logits = rng.standard_normal((6, 4)).astype(np.float32)
+  labels = np.array([0, -1, 3, 2, -1, 1])
+  got = float(losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), 0.1))
+  want = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits),
+                                                 torch.from_numpy(labels), ignore_index=-1,
+                                                 label_smoothing=0.1))
+  assert got == pytest.approx(want, rel=1e-5)
+  soft = jax.nn.one_hot(jnp.asarray(labels), 4)
+  weights = jnp.asarray(labels >= 0, jnp.float32)
+  got = float(losses.soft_target_cross_entropy(jnp.asarray(logits), soft, weights=weights))
+  want = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits),
+                                                 torch.from_numpy(labels), ignore_index=-1))
+  assert got == pytest.approx(want, rel=1e-5)
+  assert float(losses.soft_target_cross_entropy(jnp.asarray(logits), soft,
+                                                weights=jnp.zeros(6))) == 0.0

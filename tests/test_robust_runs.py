@@ -353,3 +353,113 @@ def test_eval_batch_that_does_not_split_over_devices_is_padded(run, tmp_path):
     np.testing.assert_allclose([float(row["p_calm"]), float(row["p_happy"])],
                                [float(theirs[key]["p_calm"]), float(theirs[key]["p_happy"])],
                                atol=1e-4)
+
+
+# ---------------------------------------------------------------------- missing regression targets
+
+
+def _regression_config(data, **overrides):
+  from configs import demo
+  config = demo.get_config("finetune")
+  with config.unlocked():
+    config.data.dir = str(data)
+    config.task = "regression"
+    config.best_metric = "ccc"
+    config.model.name = "svfap_tiny"
+    config.total_steps = 4
+    config.batch_size = 2
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 4
+    config.log_every_steps = 1
+    for key, value in overrides.items():
+      config[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def regression_data(tmp_path_factory):
+  """4 train clips of which only 1 has valence/arousal values; 2 test clips with values."""
+  root = tmp_path_factory.mktemp("regression")
+  train = [("R/a", 0), ("R/b", 1), ("R/c", 0), ("R/d", 1)]
+  test = [("T/e", 0), ("T/f", 1)]
+  return _prepare(root, "ds", {"train": train, "test": test},
+                  values={"train": [("R/a", 0.6, 0.3)],
+                          "test": [("T/e", 0.6, 0.4), ("T/f", -0.5, 0.7)]})
+
+
+def test_missing_regression_targets_leave_every_update_finite(regression_data, tmp_path):
+  """Every batch holds clips without values; the loss leaves them out: all updates finite."""
+  from svfap_jax.train import loop
+  _enable_compile_cache()
+  with _inside(tmp_path):
+    summary = loop.train(_regression_config(regression_data), str(tmp_path / "W"))
+  rows = [json.loads(l) for l in (tmp_path / "W" / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in rows if "loss" in r and "split" not in r]
+  assert [r["step"] for r in train] == [1, 2, 3, 4]
+  assert all(r["nonfinite_steps"] == 0 for r in train)
+  assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train)
+  # 3 of 4 clips have no values: each batch of 2 holds 2 or 4 missing values.
+  assert all(r["missing_targets"] in (2, 4) for r in train)
+  assert summary["nonfinite_steps"] == 0
+  assert summary["missing_target_values"] == sum(r["missing_targets"] for r in train)
+  test = summary["test_last"]
+  assert test["num_videos"] == 2 and test["num_unlabelled"] == 0
+  assert math.isfinite(test["rmse"])
+
+
+def test_nonfinite_limit_counts_consecutive_updates_whatever_the_logging(regression_data,
+                                                                         tmp_path):
+  """Logged every step, 2 non-finite updates (injected) under a limit of 3 do not stop the run;
+  the same updates under a limit of 2 stop it at step 3, with a checkpoint and a message that
+  names the missing values in those batches."""
+  import jax.numpy as jnp
+  from svfap_jax.train import loop
+  _enable_compile_cache()
+
+  def flag(trainer, calls):
+    real = trainer.train_step
+    count = []
+
+    def step(state, batch):
+      state, metrics = real(state, batch)
+      count.append(1)
+      if len(count) in calls:
+        metrics = dict(metrics, nonfinite=jnp.ones((), jnp.int32))
+      return state, metrics
+
+    trainer.train_step = step
+
+  with _inside(tmp_path):
+    trainer = loop.Trainer(_regression_config(regression_data, nan_max_consecutive=3),
+                           str(tmp_path / "A"))
+    flag(trainer, {2, 3})
+    summary = trainer.run()
+    assert summary["steps"] == 4 and summary["nonfinite_steps"] == 2
+    trainer = loop.Trainer(_regression_config(regression_data, nan_max_consecutive=2),
+                           str(tmp_path / "B"))
+    flag(trainer, {2, 3})
+    with pytest.raises(loop.TrainingDiverged) as error:
+      trainer.run()
+  message = str(error.value)
+  assert "NaN or Inf for 2 consecutive updates up to step 3 (nan_max_consecutive=2)" in message
+  assert "missing (NaN) regression target values" in message
+  steps = [p.name for p in (tmp_path / "B" / "checkpoints").iterdir()]
+  assert steps == ["4"]   # checked one step behind: the state after step 4, still finite
+
+
+def test_update_health_is_independent_of_grouping():
+  from svfap_jax.train import loop
+  flags = [0, 1, 1, 0, 1, 1, 1, 0]
+
+  def stop_at(groups):
+    health, seen = loop._UpdateHealth(3), 0
+    for group in groups:
+      seen += len(group)
+      if health.add([{"nonfinite": f, "missing_targets": 0} for f in group]):
+        return seen, health.total
+    return None, health.total
+
+  assert stop_at([[f] for f in flags]) == (7, 5)
+  assert stop_at([flags[:4], flags[4:]]) == (8, 5)   # noticed at the end of the window
+  assert stop_at([flags[:7]]) == (7, 5)
+  assert loop._UpdateHealth(3).add([{"nonfinite": 1}] * 2) is False

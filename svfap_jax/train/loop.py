@@ -76,6 +76,55 @@ class _Preemption:
     self.requested = True
 
 
+class TrainingDiverged(FloatingPointError):
+  """Too many consecutive updates had non-finite gradients; the message says why and what to do."""
+
+
+class _UpdateHealth:
+  """Consecutive non-finite updates (skipped by the step's guard) and missing target values.
+
+  `add` takes each update's host metrics in order and says when the run of non-finite updates
+  reaches `limit`; the run continues across calls, so the stop does not depend on how the
+  updates are grouped (logging windows, accumulation).
+  """
+
+  def __init__(self, limit: int):
+    self.limit = max(int(limit), 1)
+    self.run = 0                  # current run of consecutive non-finite updates
+    self.total = 0                # all non-finite updates of this process's run
+    self.missing_targets = 0      # NaN target values left out of the loss, over the run
+    self.missing_in_run = 0       # ... during the current run of non-finite updates
+
+  def add(self, metrics: list) -> bool:
+    stop = False
+    for m in metrics:
+      missing = int(m.get("missing_targets", 0))
+      self.missing_targets += missing
+      if int(m["nonfinite"]):
+        self.run += 1
+        self.total += 1
+        self.missing_in_run += missing
+        stop = stop or self.run >= self.limit
+      else:
+        self.run, self.missing_in_run = 0, 0
+    return stop
+
+  def message(self, step: int, *, task: str, saved_step: int) -> str:
+    head = (f"loss/gradients were NaN or Inf for {self.run} consecutive updates up to step "
+            f"{step} (nan_max_consecutive={self.limit}); the updates were skipped and the "
+            f"step-{saved_step} checkpoint holds the last finite parameters. ")
+    if self.missing_in_run and task == "regression":
+      return head + (
+          f"Cause in the data: those batches held {self.missing_in_run} missing (NaN) regression "
+          "target values; give every clip its values when preparing the dataset (or leave those "
+          "clips out)")
+    if self.missing_in_run:
+      return head + (
+          f"Cause in the data: those batches held {self.missing_in_run} unlabelled clips "
+          "(label -1); give every training clip a class when preparing the dataset")
+    return head + "Lower optim.lr, enable optim.clip_grad or check the data"
+
+
 def resolve_schedule(config, num_train_clips: int) -> tuple[int, int, int]:
   """(total_steps, warmup_steps, steps_per_epoch) from steps or epochs."""
   clips = num_train_clips * (config.data.num_views if config.mode == "pretrain" else 1)
@@ -293,17 +342,24 @@ class Trainer:
     profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
     window, window_start, window_time = [], start, time.time()
     stopped_early = False
+    self._health = _UpdateHealth(config.nan_max_consecutive)
+    pending = None  # the previous update's metrics, checked once the next one is under way
     try:
       for step in range(start, self.total_steps):
         if profile and step == profile[0]:
           jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+        update = []
         for _ in range(config.optim.accum_steps):  # micro-batches of one optimizer update
           batch = next(train_iter)
           global_batch = sharding.host_to_global(
               {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
           self.state, metrics = self.train_step(self.state, global_batch)
-          window.append(metrics)
+          update.append(metrics)
+        window.extend(update)
         done = step + 1
+        if pending is not None:
+          self._check_health(*pending, train_iter)
+        pending = (done, update)
         if profile and done == profile[-1]:
           jax.profiler.stop_trace()
         if done % config.log_every_steps == 0 or done == self.total_steps:
@@ -327,16 +383,42 @@ class Trainer:
             self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
           stopped_early = True
           break
+      if pending is not None:
+        self._check_health(*pending, train_iter)
     finally:
       # Lets an asynchronous save in flight finish even when the loop raised.
       self.checkpointer.wait()
     summary = {"steps": int(jax.device_get(self.state.step)), "total_steps": self.total_steps,
-               "preempted": stopped_early, "compilations": self.trace_count}
+               "preempted": stopped_early, "compilations": self.trace_count,
+               "nonfinite_steps": self._health.total}
+    if self._health.missing_targets:
+      summary["missing_target_values"] = self._health.missing_targets
+    if self._health.total:
+      logging.warning("%d update(s) had NaN/Inf loss or gradients and were skipped (below "
+                      "nan_max_consecutive=%d in a row)", self._health.total,
+                      self._health.limit)
     if not self.pretrain and not stopped_early:
       summary.update(self.final_test())
     self.writer.write_report(summary)
     self.writer.flush()
     return summary
+
+  def _check_health(self, step: int, update: list, train_iter) -> None:
+    """Counts the non-finite updates of optimizer step `step`; stops a diverging run.
+
+    Runs one step behind the dispatch, so the host never waits on the step it just queued; the
+    count and its limit do not depend on the logging interval. Before stopping, the state is
+    checkpointed: skipped updates leave the parameters at their last finite values.
+    """
+    stop = self._health.add(jax.device_get([
+        {k: m[k] for k in ("nonfinite", "missing_targets") if k in m} for m in update]))
+    if not stop:
+      return
+    done = int(jax.device_get(self.state.step)) // self.config.optim.accum_steps
+    if self.checkpointer.latest_step() != done:
+      self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+    self.checkpointer.wait()
+    raise TrainingDiverged(self._health.message(step, task=self.config.task, saved_step=done))
 
   def _log_window(self, step, window, window_start, window_time):
     host = jax.device_get(window)
@@ -345,16 +427,14 @@ class Trainer:
     elapsed = max(time.time() - window_time, 1e-9)
     clips_per_s = (step - window_start) * self.config.batch_size / elapsed  # per optimizer step
     lr = float(self.schedule(max(step - 1, 0)))
-    row = {"step": step, "loss": float(np.nanmean(losses)) if np.isfinite(losses).any()
-           else float("nan"), "lr": lr, "grad_norm": float(host[-1]["grad_norm"]),
-           "nonfinite_steps": nonfinite,
+    finite = losses[np.isfinite(losses)]
+    row = {"step": step, "loss": float(finite.mean()) if finite.size else float("nan"), "lr": lr,
+           "grad_norm": float(host[-1]["grad_norm"]), "nonfinite_steps": nonfinite,
            "clips_per_s_per_device": clips_per_s / jax.device_count()}
+    if "missing_targets" in host[0]:
+      row["missing_targets"] = int(sum(int(m["missing_targets"]) for m in host))
     eta = (self.total_steps - step) * elapsed / max(step - window_start, 1)
     self.writer.write_train(row, eta_s=eta, total_steps=self.total_steps)
-    if nonfinite >= min(self.config.nan_max_consecutive, len(host)) and nonfinite == len(host):
-      raise FloatingPointError(
-          f"loss/gradients were NaN or Inf for {nonfinite} consecutive steps up to step {step} "
-          f"(updates were skipped); lower optim.lr, enable optim.clip_grad or check the data")
 
   def _write_reconstruction(self, step, batch):
     from PIL import Image  # pylint: disable=g-import-not-at-top

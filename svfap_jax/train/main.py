@@ -77,7 +77,7 @@ def _train(argv, prog, mode):
     raise SystemExit(f"{prog}: config mode is {fv.config.mode!r}; use a {mode} config")
   try:
     summary = loop.train(fv.config, fv.workdir)
-  except config_check.ConfigError as e:
+  except (config_check.ConfigError, loop.TrainingDiverged) as e:
     raise SystemExit(f"{prog}: {e}") from None
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
   return 0

@@ -81,16 +81,25 @@ def make_finetune_step(module, tx, *, task: str, num_outputs: int, augment_cfg,
           dataclasses.replace(augment_cfg, mixup_alpha=0.0, cutmix_alpha=0.0))
       targets = batch["values"]
 
+    if task == "classification":
+      # Unlabelled clips (label -1) have nothing to learn from; they are left out of the loss.
+      labelled = batch["label"] >= 0
+      missing = jnp.sum(~labelled)
+    else:
+      # NaN values are missing annotations; the loss leaves them out (losses.mse).
+      labelled = None
+      missing = jnp.sum(jnp.isnan(targets))
+
     def loss_fn(params):
       out = module.apply({"params": params}, video, deterministic=False,
                          rngs={"dropout": dropout_key})
       if task == "classification":
-        return losses.soft_target_cross_entropy(out, targets)
+        return losses.soft_target_cross_entropy(out, targets, weights=labelled)
       return losses.mse(out, targets)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     state, info = apply_gradients(state, grads, tx, ema_decay)
-    return state, {"loss": loss, **info}
+    return state, {"loss": loss, "missing_targets": missing.astype(jnp.int32), **info}
 
   return step
 
