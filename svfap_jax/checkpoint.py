@@ -112,6 +112,10 @@ class RunCheckpointer:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored["meta"], step
 
+  def reached_preemption(self, step: int) -> bool:
+    """Orbax's multi-process preemption sync point (False without jax.distributed)."""
+    return self.last.reached_preemption(step)
+
   def wait(self):
     self.last.wait_until_finished()
     if self.best is not None:

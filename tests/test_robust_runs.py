@@ -463,3 +463,51 @@ def test_update_health_is_independent_of_grouping():
   assert stop_at([flags[:4], flags[4:]]) == (8, 5)   # noticed at the end of the window
   assert stop_at([flags[:7]]) == (7, 5)
   assert loop._UpdateHealth(3).add([{"nonfinite": 1}] * 2) is False
+
+
+# ------------------------------------------------------------------------ multi-process preemption
+
+
+def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+  """2 processes x 1 device; only process 1 gets SIGTERM. Both checkpoint the same step and
+  exit 0 (a process stopping alone would leave the other waiting in a collective)."""
+  data = _prepare(tmp_path, "ds", {"train": [("R/a", 0), ("R/b", 1), ("R/c", 0), ("R/d", 1)]})
+  port = _free_port()
+  # A few steps of a tiny model: compile time is what counts, so skip LLVM's costly passes.
+  fast = ("--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 "
+          "--xla_llvm_disable_expensive_passes=true")
+  argv = [sys.executable, "-m", "svfap_jax", "pretrain", "--config", "configs/demo.py:pretrain",
+          "--workdir", str(tmp_path / "P"), f"--config.data.dir={data}",
+          "--config.total_steps=300", "--config.batch_size=2", "--config.log_every_steps=1",
+          "--config.checkpoint_every_steps=1000", "--config.mesh.data=-1", *_TINY]
+  procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=_env(1, SVFAP_COORDINATOR=f"127.0.0.1:{port}",
+                                                SVFAP_NUM_PROCESSES=2, SVFAP_PROCESS_ID=i,
+                                                XLA_FLAGS=fast))
+           for i in range(2)]
+  try:
+    deadline = time.time() + 600
+    lines = []
+    for line in procs[0].stdout:   # only process 0 prints progress
+      lines.append(line)
+      if line.startswith("step 3/300"):
+        procs[1].send_signal(signal.SIGTERM)
+        break
+      assert time.time() < deadline, "".join(lines[-20:])
+    rest = procs[0].communicate(timeout=600)[0]
+    other = procs[1].communicate(timeout=600)[0]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  outputs = ["".join(lines) + rest, other]
+  summaries = []
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+    summaries.append(json.loads([l for l in out.splitlines() if l.startswith("{")][-1]))
+  assert summaries[0]["preempted"] and summaries[1]["preempted"]
+  stop = summaries[0]["steps"]
+  assert summaries[1]["steps"] == stop and 3 <= stop < 300
+  assert [p.name for p in (tmp_path / "P" / "checkpoints").iterdir()] == [str(stop)]
+  report = json.loads((tmp_path / "P" / "report.json").read_text())
+  assert report["preempted"] and report["steps"] == stop

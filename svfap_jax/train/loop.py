@@ -62,10 +62,21 @@ class _MeetAfterCompiling:
 
 
 class _Preemption:
-  """Turns SIGTERM (what TPU/GPU schedulers send before eviction) into a checkpoint + clean exit."""
+  """Turns SIGTERM (what TPU/GPU schedulers send before eviction) into a checkpoint + clean exit.
 
-  def __init__(self):
+  Every process must stop at the same step: one that stops alone leaves its peers waiting in the
+  next step's collectives. With jax.distributed running, the preemption service of its
+  coordination service catches SIGTERM on whichever process gets it and agrees with all
+  processes on one step to stop at (`reached`, through Orbax's `reached_preemption`; it must be
+  asked at every step). A single process without jax.distributed catches SIGTERM itself.
+  """
+
+  def __init__(self, checkpointer):
+    self.checkpointer = checkpointer
     self.requested = False
+    self.collective = _preemption_service_running()
+    if self.collective:
+      return  # the service's own SIGTERM handler must stay in place
     try:
       signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # not the main thread (e.g. inside a test runner thread)
@@ -74,6 +85,20 @@ class _Preemption:
   def _handler(self, *_):
     logging.warning("SIGTERM received: checkpointing and stopping at the end of this step")
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to checkpoint and stop after `step`; the same answer on every process."""
+    if self.collective:
+      if self.checkpointer.reached_preemption(step):
+        logging.warning("preemption: every process checkpoints and stops at step %d", step)
+        return True
+      return False
+    return self.requested
+
+
+def _preemption_service_running() -> bool:
+  # jax.distributed.initialize starts the service unless this option turns it off.
+  return bool(jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -199,8 +224,8 @@ class Trainer:
     self.total_steps, self.warmup_steps, self.steps_per_epoch = resolve_schedule(config, n_train)
     self.module = build_module(config, self.spec, self.num_outputs, self.pretrain)
     self.writer = RunWriter(workdir)
-    self.preemption = _Preemption()
     self._build_state()
+    self.preemption = _Preemption(self.checkpointer)
     self._build_steps()
 
   # ----------------------------------------------------------------------------------- state
@@ -378,10 +403,10 @@ class Trainer:
           self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
         if _FAULT_AFTER_STEP and done == _FAULT_AFTER_STEP:
           _die_after_checkpoint(self.checkpointer)
-        if self.preemption.requested:
+        if self.preemption.reached(done):
           if not saved:
             self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
-          stopped_early = True
+          stopped_early = done < self.total_steps
           break
       if pending is not None:
         self._check_health(*pending, train_iter)
