@@ -205,6 +205,23 @@ def test_config_check_names_a_bad_eval_batch_size():
   assert isinstance(config, ml_collections.ConfigDict)
 
 
+def test_kfold_pools_the_labelled_clips_of_each_fold(tmp_path):
+  """kfold reads each fold's UTF-8 predictions CSV and leaves unlabelled rows out of the pool."""
+  from svfap_jax import metrics
+  from svfap_jax.train import evaluate, main
+  result = {"ids": [LONG_DIR + "/a", "b", "c", "u"], "targets": np.array([0, 1, 1, -1]),
+            "scores": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]]),
+            "metrics": {}}
+  evaluate.write_outputs(result, str(tmp_path), prefix="test_last", label_names=["x", "y"])
+  rows = _read_csv(tmp_path / "test_last_predictions.csv")
+  assert [r["id"] for r in rows] == result["ids"] and rows[3]["label"] == "-1"
+  y_true, y_pred = main._read_predictions(tmp_path / "test_last_predictions.csv")
+  np.testing.assert_array_equal(y_true, [0, 1, 1])
+  np.testing.assert_array_equal(y_pred, [0, 1, 0])
+  pooled = metrics.pool_folds([(y_true, y_pred)] * 2)
+  assert pooled["war"] == pytest.approx(2 / 3) and pooled["uar"] == pytest.approx(0.75)
+
+
 _GATHER_IDS = r"""
 import json, sys
 import jax

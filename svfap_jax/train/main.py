@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -126,7 +127,7 @@ def kfold_main(argv):
   fv = parse_flags(argv, "svfap kfold")
   from configs import common  # pylint: disable=g-import-not-at-top
   from svfap_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from svfap_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from svfap_jax.train import config_check, loop  # pylint: disable=g-import-not-at-top
   config = fv.config
   folds = common.DATASETS.get(config.dataset, {}).get("folds", 0)
   if not folds:
@@ -138,7 +139,10 @@ def kfold_main(argv):
     fold_config = config.copy_and_resolve_references()
     fold_config.fold = fold
     workdir = epath.Path(fv.workdir) / f"fold{fold}"
-    summary = loop.train(fold_config, os.fspath(workdir))
+    try:
+      summary = loop.train(fold_config, os.fspath(workdir))
+    except (config_check.ConfigError, loop.TrainingDiverged) as e:
+      raise SystemExit(f"svfap kfold: fold {fold}: {e}") from None
     preds = _read_predictions(workdir / "test_last_predictions.csv")
     per_fold.append(preds)
     print(f"fold {fold}: {summary.get('test_last')}")
@@ -150,9 +154,12 @@ def kfold_main(argv):
 
 
 def _read_predictions(path):
+  """(labels, predicted classes) of a predictions CSV's labelled clips (label -1 rows left out,
+  as the fold's own metrics leave them out)."""
   import csv  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  rows = list(csv.DictReader(epath.Path(path).read_text().splitlines()))
-  y_true = np.array([int(r["label"]) for r in rows])
-  y_pred = np.array([int(r["predicted"]) for r in rows])
+  text = epath.Path(path).read_bytes().decode("utf-8")
+  rows = [r for r in csv.DictReader(io.StringIO(text, newline="")) if int(r["label"]) >= 0]
+  y_true = np.array([int(r["label"]) for r in rows], np.int64)
+  y_pred = np.array([int(r["predicted"]) for r in rows], np.int64)
   return y_true, y_pred
