@@ -13,8 +13,11 @@ embeddings and scored on the test clips':
 
 Both give UAR (mean recall over the classes present in the test labels, i.e. balanced accuracy)
 and WAR (accuracy), computed by `svfap_jax.metrics.classification_metrics`. Compare them with the
-same architecture at random initialisation (`probe --baseline`; `ProbeMonitor` measures it once):
-pretraining helps when the encoder clearly beats its random twin.
+same architecture at random initialisation (`probe --baseline`; `ProbeMonitor` measures it once;
+for MAE-pretrained weights both use the MAE model's initialisation for the run's seed, the
+weights pretraining started from): pretraining helps when the encoder clearly beats its random
+twin. Random encoders are not at chance: their pooled embeddings keep coarse image statistics
+that a probe can use, which is why the baseline is measured rather than assumed.
 
 The embedding of a clip is the fine-tuning classifier's pooled, normalised feature (token mean ->
 `fc_norm`, the vector `extract` writes), averaged over deterministic views: `num_segments`
@@ -196,6 +199,9 @@ class Encoder:
     sampling_rate: frame stride of the views (the checkpoint's data.sampling_rate by default).
     eval_resize: short side before the centre crop (None: img_size).
     options: what `build_module` got, so a random twin can be built (`random_twin`).
+    mae_init: the parameters came out of MAE pretraining: `random_twin` draws the MAE model's
+      initialisation (the weights pretraining started from) rather than the classifier's.
+    seed: the run's seed (its `random_twin` default).
   """
   name: str
   spec: Any
@@ -205,6 +211,8 @@ class Encoder:
   sampling_rate: int = 4
   eval_resize: Optional[int] = None
   options: dict = dataclasses.field(default_factory=dict)
+  mae_init: bool = False
+  seed: int = 0
 
   def describe(self) -> dict:
     return {"source": self.source, "model": self.name, "img_size": self.spec.img_size,
@@ -270,6 +278,7 @@ def load_encoder(*, workdir: Optional[str] = None, torch: Optional[str] = None,
     from svfap_jax import predict  # pylint: disable=g-import-not-at-top
     path = _abs(workdir)
     try:
+      meta = _run_meta(path)
       predictor = predict.predictor_from_checkpoint(path)
     except FileNotFoundError as e:
       raise ProbeError(str(e)) from None
@@ -282,7 +291,9 @@ def load_encoder(*, workdir: Optional[str] = None, torch: Optional[str] = None,
                    params=classifier_encoder_params(predictor.params), source=workdir,
                    sampling_rate=int(sampling_rate or predictor.sampling_rate),
                    eval_resize=predictor.preprocessing.eval_resize,
-                   options=dict(dtype=_dtype_name(module.dtype), remat=module.remat))
+                   options=dict(dtype=_dtype_name(module.dtype), remat=module.remat),
+                   mae_init=meta.get("mode") == "pretrain",
+                   seed=int((meta.get("config") or {}).get("seed", seed)))
   if model is None:
     raise ProbeError("name the architecture with --model (e.g. svfap_base)")
   spec = _spec_with(model, img_size=img_size, num_frames=num_frames)
@@ -291,7 +302,7 @@ def load_encoder(*, workdir: Optional[str] = None, torch: Optional[str] = None,
   if torch is None:
     return Encoder(name=model, spec=spec, module=module, params=params,
                    source=f"random init ({model}, seed {seed})",
-                   sampling_rate=int(sampling_rate or 4))
+                   sampling_rate=int(sampling_rate or 4), seed=seed)
   from svfap_jax import api  # pylint: disable=g-import-not-at-top
   from svfap_jax.interop import load  # pylint: disable=g-import-not-at-top
   path = _abs(torch)
@@ -305,7 +316,16 @@ def load_encoder(*, workdir: Optional[str] = None, torch: Optional[str] = None,
     raise ProbeError(f"{torch}: {e}") from None
   log.info("%s: %s", torch, report.summary())
   return Encoder(name=model, spec=spec, module=module, params=params, source=torch,
-                 sampling_rate=int(sampling_rate or 4))
+                 sampling_rate=int(sampling_rate or 4), seed=seed)
+
+
+def _run_meta(path: str) -> dict:
+  """The run metadata saved with the latest checkpoint under `path` (config, model, mode)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from svfap_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  manager, step = checkpoint.find_checkpoint_dir(path)
+  restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return dict(restored["meta"] or {})
 
 
 def _dtype_name(dtype) -> str:
@@ -313,12 +333,26 @@ def _dtype_name(dtype) -> str:
   return "bfloat16" if dtype == jnp.bfloat16 else "float32"
 
 
-def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
-  """The same architecture and input settings at a fresh (fine-tuning) random initialisation."""
+def random_twin(encoder: Encoder, seed: Optional[int] = None) -> Encoder:
+  """The same architecture and input settings at a random initialisation.
+
+  For an MAE-pretrained encoder (`encoder.mae_init`) that is the MAE model's initialisation for
+  `seed` (default: the run's seed), i.e. the weights pretraining started from and what
+  `ProbeMonitor` reports as `probe_random_*`; otherwise the classifier's (what fine-tuning from
+  scratch starts from). The two schemes differ (Xavier-uniform vs truncated-normal encoder
+  weights), and so can their probe scores.
+  """
+  from svfap_jax import api  # pylint: disable=g-import-not-at-top
+  seed = encoder.seed if seed is None else int(seed)
   module = _module(encoder.spec, **encoder.options)
-  params = _init_params(module, encoder.spec, seed)
-  return dataclasses.replace(encoder, module=module, params=params,
-                             source=f"random init ({encoder.name}, seed {seed})")
+  if encoder.mae_init:
+    mae = api.build_module(encoder.spec, pretrain=True, **encoder.options)
+    params = classifier_encoder_params(_init_params(mae, encoder.spec, seed, pretrain=True))
+    source = f"random init ({encoder.name} MAE initialisation, seed {seed})"
+  else:
+    params = _init_params(module, encoder.spec, seed)
+    source = f"random init ({encoder.name}, seed {seed})"
+  return dataclasses.replace(encoder, module=module, params=params, source=source)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -766,7 +800,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="a random initialisation of --model")
   parser.add_argument("--model", help="registry name (with --torch / --random-init)")
   parser.add_argument("--baseline", action="store_true",
-                      help="also probe the same architecture at random init")
+                      help="also probe the same architecture at random init (for a pretraining "
+                      "workdir: the MAE initialisation the run started from)")
   parser.add_argument("--img-size", type=int, help="input side (default: the checkpoint's)")
   parser.add_argument("--num-frames", type=int, help="frames per view (default: the model's)")
   parser.add_argument("--sampling-rate", type=int,
@@ -777,7 +812,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--knn-k", type=int, default=DEFAULT_KNN_K, help="k of the k-NN (20)")
   parser.add_argument("--train-split", default="train")
   parser.add_argument("--test-split", default="test")
-  parser.add_argument("--seed", type=int, default=0, help="seed of random initialisations")
+  parser.add_argument("--seed", type=int,
+                      help="seed of random initialisations (default: the run's, else 0)")
   parser.add_argument("--workers", type=int, default=0, help="decoding processes (0: inline)")
   parser.add_argument("--out", help="write the report as JSON here")
   return parser
@@ -831,7 +867,7 @@ def main(argv: Sequence[str]) -> int:
     # The dataset first: a wrong path should not wait for a model to load and compile.
     info = _check_dataset(_abs(args.data), (args.train_split, args.test_split))
     encoder = load_encoder(workdir=args.workdir, torch=args.torch, model=args.model,
-                           seed=args.seed, img_size=args.img_size, num_frames=args.num_frames,
+                           seed=args.seed or 0, img_size=args.img_size, num_frames=args.num_frames,
                            sampling_rate=args.sampling_rate)
     options = dict(train_split=args.train_split, test_split=args.test_split, knn_k=args.knn_k,
                    batch_size=args.batch_size, num_segments=args.views,

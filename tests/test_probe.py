@@ -196,6 +196,13 @@ def test_mae_encoder_params_are_what_fine_tuning_loads():
   assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A linear-probe classifier starts from the same checkpoint: its statistics start fresh.
+  lp = api.build_module(spec, num_classes=7).clone(linear_probe=True)
+  lp_template = jax.eval_shape(lambda k: api.init_params(lp, spec, k, False)[0],
+                               jax.random.key(0))
+  _, report = load.match_state_dict(mapping.to_torch_state_dict(mae, pretrain=True), lp_template,
+                                    pretrain=False)
+  assert {"head_norm.mean", "head_norm.var", "head.weight"} <= set(report.fresh)
 
 
 def _pretrain_config(data):
@@ -232,6 +239,12 @@ def test_probe_of_a_pretraining_workdir_and_file(dataset, tmp_path):
   in_memory = embedder.embed(mae, data, "test", **options)
   np.testing.assert_allclose(from_disk.features, in_memory.features, rtol=1e-6, atol=1e-6)
   assert from_disk.num_unlabelled == 1 and from_disk.num_views == 1
+  # Its random twin is the MAE initialisation the run started from (config.seed = 0).
+  twin = probe.random_twin(encoder)
+  assert encoder.mae_init and "MAE initialisation, seed 0" in twin.source
+  for a, b in zip(jax.tree_util.tree_leaves(twin.params),
+                  jax.tree_util.tree_leaves(probe.classifier_encoder_params(_mae(seed=0)[2]))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   pytest.importorskip("safetensors")
   from svfap_jax.interop import files, mapping

@@ -19,7 +19,9 @@ from svfap_jax.interop import mapping
 
 _PRETRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token", "norm.")
 _FIXED_TABLES = ("pos_embed",)
-_CLASSIFIER_TOP = ("fc_norm.", "head.")
+# Classifier parts a checkpoint may lack; they keep their fresh values. `head_norm.` holds the
+# linear probe's feature statistics, which are set from the training data after loading.
+_CLASSIFIER_TOP = ("fc_norm.", "head.", "head_norm.")
 # Prefixes that training wrappers put in front of every key: DistributedDataParallel,
 # torch.compile, Lightning's `self.model`, detection/segmentation style `backbone`.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.")
