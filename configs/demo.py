@@ -39,6 +39,10 @@ def get_config(arg="finetune"):
     c.optim.scale_lr_by_batch = True
     c.optim.warmup_steps = 20
     c.recon_image_every_steps = 500
+    # The clips are stored at 112 px with the face filling the frame: the fixed upper-centre
+    # 64 px crop of the stored frames would show the MAE only forehead and eyes, zoomed 1.75x,
+    # while fine-tuning sees whole faces at 64 px. Resize first, so both see the same view.
+    c.data.pretrain_resize = c.data.img_size
     # Flat drawn backgrounds make per-patch normalised targets mostly JPEG noise; raw pixels
     # give the small demo model a learnable reconstruction task.
     c.mask.normalize_target = False

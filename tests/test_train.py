@@ -140,8 +140,18 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = json.loads((out / "report.json").read_text())
   assert report["num_classes"] == 7 and report["train_clips"] + report["test_clips"] == 14
-  assert set(report["test"]) == {"finetune_pretrained", "finetune_scratch"}
-  assert json.loads((out / "finetune_pretrained" / "run_meta.json").read_text())["init_from"]
+  assert set(report["test"]) == {"finetune_pretrained", "finetune_scratch",
+                                 "finetune_pretrained_train_10pct", "finetune_scratch_train_10pct"}
+  for name in ("finetune_pretrained", "finetune_pretrained_train_10pct"):
+    assert json.loads((out / name / "run_meta.json").read_text())["init_from"]
+  # 10 % of 2 clips per class is still one clip of each class.
+  assert report["label_efficiency"]["10 %"]["train_clips"] == 7
+  assert report["label_efficiency"]["100 %"]["pretrained_uar"] == report["test"][
+      "finetune_pretrained"]["uar"]
+  # The probe ran on the random init (step 0) and on the pretrained encoder (last step).
+  assert [row["step"] for row in report["probe"]["curve"]] == [0, 2]
+  assert 0 <= report["probe"]["random_init"]["linear_uar"] <= 1
   text = (out / "report.md").read_text()
   assert "| finetune_pretrained |" in text and (out / "curves.png").stat().st_size > 0
+  assert "| random init |" in text and (out / "probe.png").stat().st_size > 0
   assert f"report: {out / 'report.md'}" in proc.stdout

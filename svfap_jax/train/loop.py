@@ -21,6 +21,7 @@ import numpy as np
 
 from data_pipelines import augment, global_order
 from svfap_jax import api, checkpoint, optim, sharding
+from svfap_jax import probe as probe_lib
 from svfap_jax.interop import files, load, mapping
 from svfap_jax.models.registry import get_spec
 from svfap_jax.train import config_check, evaluate, steps
@@ -227,6 +228,8 @@ class Trainer:
     self._build_state()
     self.preemption = _Preemption(self.checkpointer)
     self._build_steps()
+    # None unless config.probe.data.dir names a labelled dataset.
+    self.probe = probe_lib.ProbeMonitor.from_config(config, self.mesh, self.module)
 
   # ----------------------------------------------------------------------------------- state
   def _build_state(self):
@@ -368,6 +371,8 @@ class Trainer:
     window, window_start, window_time = [], start, time.time()
     stopped_early = False
     self._health = _UpdateHealth(config.nan_max_consecutive)
+    if self.probe and start == 0:
+      self._write_probe(0)
     pending = None  # the previous update's metrics, checked once the next one is under way
     try:
       for step in range(start, self.total_steps):
@@ -398,6 +403,8 @@ class Trainer:
         saved = done % config.checkpoint_every_steps == 0 or done == self.total_steps
         if saved:
           self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+        if self.probe and (self.probe.due(done) or done == self.total_steps):
+          self._write_probe(done)
         if not self.pretrain and (done % eval_every == 0 or done == self.total_steps):
           result = self.evaluate_split(config.data.eval_split, kind="eval", step=done)
           self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
@@ -460,6 +467,11 @@ class Trainer:
       row["missing_targets"] = int(sum(int(m["missing_targets"]) for m in host))
     eta = (self.total_steps - step) * elapsed / max(step - window_start, 1)
     self.writer.write_train(row, eta_s=eta, total_steps=self.total_steps)
+
+  def _write_probe(self, step: int) -> None:
+    """k-NN and linear probe of the current encoder (every process joins: params are sharded)."""
+    self.writer.write_eval({"step": step, "split": "probe",
+                            **self.probe.run(step, self.state.params)})
 
   def _write_reconstruction(self, step, batch):
     from PIL import Image  # pylint: disable=g-import-not-at-top
