@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -303,18 +304,27 @@ def load_encoder(*, workdir: Optional[str] = None, torch: Optional[str] = None,
     return Encoder(name=model, spec=spec, module=module, params=params,
                    source=f"random init ({model}, seed {seed})",
                    sampling_rate=int(sampling_rate or 4), seed=seed)
-  from svfap_jax import api  # pylint: disable=g-import-not-at-top
-  from svfap_jax.interop import load  # pylint: disable=g-import-not-at-top
+  from svfap_jax.interop import files, load, mapping  # pylint: disable=g-import-not-at-top
   path = _abs(torch)
   if not os.path.exists(path) and "://" not in path:
     raise ProbeError(f"--torch {torch}: no such file")
   try:
-    params, report = api.load_torch_params(path, jax.device_get(params), pretrain=False)
+    state_dict = files.load_state_dict(path)
+    # The probe reads the embedding below the head: a fine-tuned head (of any label set) is not
+    # part of the encoder being probed.
+    kept = files.StateDict({k: v for k, v in state_dict.items() if not _HEAD_KEY.search(k)})
+    kept.origin = getattr(state_dict, "origin", "")
+    template = jax.device_get(params)
+    matched, report = load.match_state_dict(kept, template, pretrain=False, source=path)
   except load.CheckpointMismatchError as e:
     raise ProbeError(f"{torch} does not fit {model}: {e}") from None
   except (OSError, ValueError, KeyError) as e:
     raise ProbeError(f"{torch}: {e}") from None
-  log.info("%s: %s", torch, report.summary())
+  full = mapping.to_torch_state_dict(template, pretrain=False)
+  full.update(matched)
+  params = mapping.from_torch_state_dict(full, template, pretrain=False)
+  log.info("%s: %s (%d head tensors not used)", torch, report.summary(),
+           len(state_dict) - len(kept))
   return Encoder(name=model, spec=spec, module=module, params=params, source=torch,
                  sampling_rate=int(sampling_rate or 4), seed=seed)
 
@@ -326,6 +336,11 @@ def _run_meta(path: str) -> dict:
   manager, step = checkpoint.find_checkpoint_dir(path)
   restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
   return dict(restored["meta"] or {})
+
+
+# A classifier head's tensors (and the linear probe's statistics), also under training-wrapper
+# prefixes (interop.load.WRAPPER_PREFIXES); the MAE decoder's `decoder.head` does not match.
+_HEAD_KEY = re.compile(r"^(?:(?:module|_orig_mod|model|backbone)\.)*head(?:_norm)?\.[^.]+$")
 
 
 def _dtype_name(dtype) -> str:

@@ -256,6 +256,19 @@ def test_probe_of_a_pretraining_workdir_and_file(dataset, tmp_path):
   with pytest.raises(probe.ProbeError, match="no such file"):
     probe.load_encoder(torch=str(tmp_path / "missing.pth"), model=MODEL)
 
+  # A fine-tuned classifier's file (head of its own label set, DDP prefix): the encoder is probed.
+  classifier = api.build_module(spec, num_classes=3)
+  tuned = jax.device_get(jax.jit(
+      lambda k: api.init_params(classifier, spec, k, False)[0])(jax.random.key(9)))
+  files.save_state_dict({f"module.{k}": v for k, v in
+                         mapping.to_torch_state_dict(tuned, pretrain=False).items()},
+                        str(tmp_path / "tuned.safetensors"))
+  from_tuned = probe.load_encoder(torch=str(tmp_path / "tuned.safetensors"), model=MODEL, **SIZE)
+  assert "head" not in from_tuned.params
+  np.testing.assert_allclose(
+      embedder.embed(from_tuned.params, data, "test", **options).features,
+      embedder.embed(tuned, data, "test", **options).features, rtol=1e-6, atol=1e-6)
+
 
 def test_probe_monitor(dataset):
   data, info = dataset
