@@ -54,7 +54,7 @@ import re
 import sys
 import time
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
