@@ -10,6 +10,8 @@ import os
 import etils.epath as epath
 import jax
 
+from svfap_jax import optim
+from svfap_jax import probe as probe_lib
 from svfap_jax.models.layers import remat_policy
 from svfap_jax.models.registry import MODELS, get_spec
 
@@ -133,6 +135,8 @@ def validate(config, *, mode: str) -> dict:
            "fine-tuning for classification needs labelled clips")
   if config.init_from and not config.init_from.endswith((".pth", ".pt", ".safetensors")):
     need(epath.Path(config.init_from).exists(), f"init_from={config.init_from!r} does not exist")
+  errors += optim.finetune_config_errors(config)
+  errors += probe_lib.config_errors(config)
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
   return info

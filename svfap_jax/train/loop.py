@@ -162,12 +162,17 @@ def resolve_schedule(config, num_train_clips: int) -> tuple[int, int, int]:
 
 def build_module(config, spec, num_outputs: int, pretrain: bool):
   m = config.model
-  return api.build_module(
+  module = api.build_module(
       spec, pretrain=pretrain, num_classes=0 if pretrain else num_outputs,
       original_pretrain_quirks=m.original_pretrain_quirks, init_scale=m.init_scale,
       head_activation=m.head_activation or None, keep_temporal_dim=m.keep_temporal_dim,
       drop_rate=m.drop_rate, attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate,
       dtype=m.dtype, remat=m.remat)
+  # evaluate/predict rebuild the run's module here: a linear-probe head must keep its
+  # standardisation there too.
+  if not pretrain and optim.finetune_options(config)[0] == "linear_probe":
+    module = module.clone(linear_probe=True)
+  return module
 
 
 def num_outputs_of(config, info: dict, dataset_dir: str) -> int:
@@ -226,6 +231,9 @@ class Trainer:
     self.module = build_module(config, self.spec, self.num_outputs, self.pretrain)
     self.writer = RunWriter(workdir)
     self._build_state()
+    if self.checkpointer.latest_step() is None:  # a resumed run restores the statistics
+      self.state = probe_lib.init_linear_probe_state(self.state, config, self.module,
+                                                     self.dataset_dir, self.mesh)
     self.preemption = _Preemption(self.checkpointer)
     self._build_steps()
     # None unless config.probe.data.dir names a labelled dataset.
