@@ -61,6 +61,15 @@ def layer_norm(eps: float, *, name: str, dtype: Dtype = jnp.float32) -> nn.Layer
       bias_init=_partitioned(nn.initializers.zeros_init(), (EMBED,)))
 
 
+def gelu(x):
+  """Exact (erf) GELU, 0.5 x (1 + erf(x / sqrt 2)), the formula of torch.nn.GELU.
+
+  Same function as `jax.nn.gelu(x, approximate=False)` (within 1e-6), which goes through erfc;
+  XLA:CPU's erf polynomial makes forward + backward about 3x cheaper than that.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype)))
+
+
 class DropPath(nn.Module):
   """Per-sample stochastic depth: drops the whole residual branch of some samples."""
   rate: float
@@ -91,21 +100,155 @@ class Mlp(nn.Module):
     in_axis = EMBED
     x = dense(self.hidden_dim, (in_axis, self.hidden_axis), name="fc1",
               kernel_init=self.kernel_init, dtype=self.dtype)(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     x = dense(self.out_dim, (self.hidden_axis, self.out_axis), name="fc2",
               kernel_init=self.kernel_init, dtype=self.dtype)(x)
     return nn.Dropout(self.drop_rate)(x, deterministic=self.deterministic)
 
 
-def _attend(q, k, v, *, attn_drop_rate: float, deterministic: bool):
-  """Multi-head attention core on (B, N, H, D) tensors, scale D^-0.5."""
-  if attn_drop_rate == 0.0 or deterministic:
-    return jax.nn.dot_product_attention(q, k, v)
+# ------------------------------------------------------------------------------------------------
+# Attention kernels. `ModelSpec.attention_impl` is the one switch; `resolve_attention_impl` is the
+# one place that turns "auto" into a kernel for the backend, dtype and head size at hand.
+#
+#   "xla"      jax.nn.dot_product_attention(implementation="xla"): einsum, softmax, einsum; XLA
+#              differentiates it and keeps the (B, H, N, M) probabilities for the backward pass.
+#   "cudnn"    jax.nn.dot_product_attention(implementation="cudnn"): cuDNN's fused flash attention.
+#              GPU only, bfloat16/float16 inputs, head dim a multiple of 8 and <= 128 (<= 256 on
+#              Hopper and later; 128 is the limit checked here), no attention dropout.
+#   "chunked"  queries in static chunks of `ATTENTION_CHUNK` rows, each with its own softmax, and a
+#              hand-written backward pass (`_chunk_attention`): every (B, H, chunk, M) block stays
+#              cache-sized, and the backward pass reuses the saved probabilities and gets the
+#              softmax correction from rowsum(dO * O) instead of a second pass over them.
+#   "auto"     cudnn on GPU where its constraints hold, chunked on CPU (measured faster there,
+#              BENCHMARKS.md), xla otherwise (TPU included: a Pallas splash-attention kernel is not
+#              wired in).
+#
+# With attention dropout active (attn_drop_rate > 0 while training) every choice runs the explicit
+# softmax path, the only one that can drop attention weights.
+# ------------------------------------------------------------------------------------------------
+
+ATTENTION_CHUNK = 200
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def resolve_attention_impl(impl: str, *, dtype, head_dim: int,
+                           backend: Optional[str] = None) -> str:
+  """The kernel that `impl` ("auto", "xla", "cudnn", "chunked") runs for these inputs.
+
+  Args:
+    impl: `ModelSpec.attention_impl`.
+    dtype: compute dtype of q, k and v.
+    head_dim: size of one head.
+    backend: "cpu", "gpu" or "tpu"; default `jax.default_backend()` at trace time.
+
+  Returns:
+    "xla", "cudnn" or "chunked".
+
+  Raises:
+    ValueError: unknown `impl`, or "cudnn" asked for where cuDNN attention cannot run (not a GPU,
+      float32, unsupported head size), naming the reason.
+  """
+  backend = backend or jax.default_backend()
+  dtype = jnp.dtype(dtype)
+  cudnn_problem = None
+  if backend != "gpu":
+    cudnn_problem = f"the backend is {backend}, cuDNN attention runs on NVIDIA GPUs only"
+  elif dtype not in [jnp.dtype(d) for d in _CUDNN_DTYPES]:
+    cudnn_problem = f"cuDNN attention takes bfloat16/float16, the model computes in {dtype.name}"
+  elif head_dim % 8 or head_dim > 128:
+    cudnn_problem = f"cuDNN attention needs a head dim that is a multiple of 8 and <= 128, got {head_dim}"
+  if impl == "auto":
+    if cudnn_problem is None:
+      return "cudnn"
+    return "chunked" if backend == "cpu" else "xla"
+  if impl == "cudnn" and cudnn_problem is not None:
+    raise ValueError(f"attention_impl='cudnn' cannot run here: {cudnn_problem}; use 'auto' or 'xla'")
+  if impl not in ("xla", "cudnn", "chunked"):
+    raise ValueError(f"attention_impl={impl!r}; choose auto, xla, cudnn or chunked")
+  return impl
+
+
+def reference_attention(q, k, v):
+  """Softmax attention in float32, the definition every kernel is tested against.
+
+  q (B, N, H, D), k and v (B, M, H, D) -> (B, N, H, D) in q's dtype; scale D^-0.5.
+  """
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32),
+                      precision=jax.lax.Precision.HIGHEST) * scale
+  weights = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST)
+  return out.astype(q.dtype)
+
+
+def _chunk_forward(q, k, v):
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, q.dtype), k)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
-  weights = nn.Dropout(attn_drop_rate)(weights, deterministic=False)
-  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v), weights
+
+
+@jax.custom_vjp
+def _chunk_attention(q, k, v):
+  """One query chunk: (B, n, H, D) queries against all (B, M, H, D) keys and values."""
+  return _chunk_forward(q, k, v)[0]
+
+
+def _chunk_attention_fwd(q, k, v):
+  out, weights = _chunk_forward(q, k, v)
+  return out, (q, k, v, weights, out)
+
+
+def _chunk_attention_bwd(residuals, d_out):
+  q, k, v, weights, out = residuals
+  scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  d_v = jnp.einsum("bhqk,bqhd->bkhd", weights, d_out)
+  d_weights = jnp.einsum("bqhd,bkhd->bhqk", d_out, v)
+  # Softmax backward: dS = P * (dP - sum_k P dP); sum_k P dP = sum_d dO * O, a (B, H, n) product
+  # over the head dim instead of a reduction over the (B, H, n, M) block.
+  row = jnp.einsum("bqhd,bqhd->bhq", d_out.astype(jnp.float32), out.astype(jnp.float32))
+  d_logits = (weights.astype(jnp.float32) * (d_weights.astype(jnp.float32) - row[..., None]))
+  d_logits = d_logits.astype(q.dtype) * scale
+  d_q = jnp.einsum("bhqk,bkhd->bqhd", d_logits, k)
+  d_k = jnp.einsum("bhqk,bqhd->bkhd", d_logits, q)
+  return d_q, d_k, d_v
+
+
+_chunk_attention.defvjp(_chunk_attention_fwd, _chunk_attention_bwd)
+
+
+def chunked_attention(q, k, v, chunk: Optional[int] = None):
+  """Attention over static query chunks (see the section comment); shapes as `reference_attention`.
+
+  `chunk` query rows per block (default `ATTENTION_CHUNK`); the last block may be shorter.
+  """
+  chunk = chunk or ATTENTION_CHUNK
+  n = q.shape[1]
+  if n <= chunk:
+    return _chunk_attention(q, k, v)
+  outs = [_chunk_attention(q[:, i:i + chunk], k, v) for i in range(0, n, chunk)]
+  return jnp.concatenate(outs, axis=1)
+
+
+def multi_head_attention(q, k, v, *, impl: str = "auto", attn_drop_rate: float = 0.0,
+                         deterministic: bool = True):
+  """Softmax attention of q (B, N, H, D) over k, v (B, M, H, D) -> (B, N, H, D); scale D^-0.5.
+
+  `impl` is `ModelSpec.attention_impl` (see `resolve_attention_impl`). Attention dropout, when
+  active, draws from the calling module's "dropout" RNG stream, so this must run inside a Flax
+  module's compact method in that case.
+  """
+  if attn_drop_rate > 0.0 and not deterministic:
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    weights = nn.Dropout(attn_drop_rate)(weights, deterministic=False)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  kernel = resolve_attention_impl(impl, dtype=q.dtype, head_dim=q.shape[-1])
+  if kernel == "chunked":
+    return chunked_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
 
 
 class Attention(nn.Module):
@@ -117,6 +260,7 @@ class Attention(nn.Module):
   deterministic: bool = True
   kernel_init: Initializer = TRUNC_NORMAL_02
   dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -128,8 +272,9 @@ class Attention(nn.Module):
       v_bias = self.param("v_bias", _partitioned(nn.initializers.zeros_init(), (HEADS,)), (c,))
       qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
     qkv = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads)
-    out = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], attn_drop_rate=self.attn_drop_rate,
-                  deterministic=self.deterministic)
+    out = multi_head_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                               impl=self.attention_impl, attn_drop_rate=self.attn_drop_rate,
+                               deterministic=self.deterministic)
     out = dense(c, (HEADS, EMBED), name="proj", kernel_init=self.kernel_init,
                 dtype=self.dtype)(out.reshape(b, n, c))
     return nn.Dropout(self.proj_drop_rate)(out, deterministic=self.deterministic)
@@ -144,6 +289,7 @@ class CrossAttention(nn.Module):
   deterministic: bool = True
   kernel_init: Initializer = TRUNC_NORMAL_02
   dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, context):
@@ -161,8 +307,9 @@ class CrossAttention(nn.Module):
     head_dim = c // self.num_heads
     q = q.reshape(b, n, self.num_heads, head_dim)
     kv = kv.reshape(b, m, 2, self.num_heads, head_dim)
-    out = _attend(q, kv[:, :, 0], kv[:, :, 1], attn_drop_rate=self.attn_drop_rate,
-                  deterministic=self.deterministic)
+    out = multi_head_attention(q, kv[:, :, 0], kv[:, :, 1], impl=self.attention_impl,
+                               attn_drop_rate=self.attn_drop_rate,
+                               deterministic=self.deterministic)
     out = dense(c, (HEADS, EMBED), name="proj", kernel_init=self.kernel_init,
                 dtype=self.dtype)(out.reshape(b, n, c))
     return nn.Dropout(self.proj_drop_rate)(out, deterministic=self.deterministic)
@@ -190,13 +337,15 @@ class Block(nn.Module):
   deterministic: bool = True
   kernel_init: Initializer = TRUNC_NORMAL_02
   dtype: Dtype = jnp.float32
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     drop_path = DropPath(self.drop_path_rate, self.deterministic)
     y = Attention(self.num_heads, self.qkv_bias, self.attn_drop_rate, self.drop_rate,
-                  self.deterministic, self.kernel_init, self.dtype, name="attn")(
+                  self.deterministic, self.kernel_init, self.dtype, self.attention_impl,
+                  name="attn")(
                       layer_norm(self.eps, name="norm1", dtype=self.dtype)(x))
     x = x + drop_path(_layer_scale(self, y, "gamma_1", self.init_values))
     y = Mlp(int(c * self.mlp_ratio), c, self.drop_rate, self.deterministic, self.kernel_init,
@@ -216,11 +365,13 @@ class CSBlock(Block):
     drop_path = DropPath(self.drop_path_rate, self.deterministic)
     norm = functools.partial(layer_norm, self.eps, dtype=self.dtype)
     y = CrossAttention(self.num_heads, self.qkv_bias, self.attn_drop_rate, self.drop_rate,
-                       self.deterministic, self.kernel_init, self.dtype, name="cross_attn")(
+                       self.deterministic, self.kernel_init, self.dtype, self.attention_impl,
+                       name="cross_attn")(
                            norm(name="cross_norm1")(x), norm(name="cross_norm2")(context))
     x = x + drop_path(_layer_scale(self, y, "gamma_0", self.init_values))
     y = Attention(self.num_heads, self.qkv_bias, self.attn_drop_rate, self.drop_rate,
-                  self.deterministic, self.kernel_init, self.dtype, name="attn")(
+                  self.deterministic, self.kernel_init, self.dtype, self.attention_impl,
+                  name="attn")(
                       norm(name="norm1")(x))
     x = x + drop_path(_layer_scale(self, y, "gamma_1", self.init_values))
     y = Mlp(int(c * self.mlp_ratio), c, self.drop_rate, self.deterministic, self.kernel_init,
@@ -248,7 +399,12 @@ class PatchEmbed(nn.Module):
     bias = self.param("bias", _partitioned(nn.initializers.zeros_init(), (EMBED,)),
                       (self.embed_dim,))
     x = video.astype(self.dtype).reshape(b, t // tb, tb, h // p, p, w // p, p, c)
-    x = jnp.einsum("bTaHiWjc,aijcd->bTHWd", x, kernel.astype(self.dtype))
+    patches = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, tb * p * p * c)
+    # One materialised patch matrix serves the forward matmul and the kernel gradient. Without
+    # the barrier XLA fuses whatever produced `video` (the whole on-device augmentation) into two
+    # separate transposes and runs it twice.
+    patches = jax.lax.optimization_barrier(patches)
+    x = patches @ kernel.reshape(-1, self.embed_dim).astype(self.dtype)
     return x.reshape(b, -1, self.embed_dim) + bias.astype(self.dtype)
 
 
@@ -267,9 +423,13 @@ class TemporalDownsample(nn.Module):
     k, t = self.kernel_size, self.temporal_len
     kernel = self.param("kernel", _partitioned(TORCH_DEFAULT, (None, EMBED, EMBED_OUT)), (k, c, c))
     bias = self.param("bias", _partitioned(nn.initializers.zeros_init(), (EMBED_OUT,)), (c,))
+    # Frame pairs are adjacent (t, s)-ordered blocks: one matmul per kernel offset on a strided
+    # view, summed, keeps the tokens in place (a single einsum over (k, c) makes XLA transpose the
+    # token tensor to (b, t/k, s, k, c) in the forward pass and back in the backward pass).
     x = x.reshape(b, t // k, k, n // t, c)
-    x = jnp.einsum("btksc,kcd->btsd", x, kernel.astype(self.dtype))
-    return x.reshape(b, -1, c) + bias.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    out = sum(x[:, :, i] @ kernel[i] for i in range(k))
+    return out.reshape(b, -1, c) + bias.astype(self.dtype)
 
 
 class SpatialAttention(nn.Module):

@@ -30,7 +30,7 @@ class MAEDecoder(nn.Module):
       x = block_cls(num_heads=spec.decoder_num_heads, mlp_ratio=spec.mlp_ratio,
                     qkv_bias=spec.qkv_bias, init_values=spec.init_values,
                     eps=spec.layer_norm_eps, kernel_init=layers.XAVIER_UNIFORM, dtype=self.dtype,
-                    name=f"blocks_{i}")(x)
+                    attention_impl=spec.attention_impl, name=f"blocks_{i}")(x)
     x = layers.layer_norm(spec.layer_norm_eps, name="norm", dtype=self.dtype)(x[:, -num_masked:])
     return layers.dense(spec.patch_pixels, (layers.EMBED, None), name="head",
                         kernel_init=layers.XAVIER_UNIFORM, dtype=self.dtype)(x)

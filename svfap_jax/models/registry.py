@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+# Values of ModelSpec.attention_impl (documented in svfap_jax/models/layers.py).
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked")
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -31,6 +34,9 @@ class ModelSpec:
   decoder_embed_dim: int = 384
   decoder_depth: int = 4
   decoder_num_heads: int = 6
+  # Attention kernel: "auto" picks per backend and dtype (see layers.resolve_attention_impl);
+  # "xla", "cudnn" or "chunked" force one. Numerics only, never parameters or state_dict keys.
+  attention_impl: str = "auto"
 
   @property
   def depth(self) -> int:
@@ -70,6 +76,9 @@ class ModelSpec:
       errors.append(f"img_size={self.img_size} is not a multiple of patch_size={self.patch_size}")
     if self.num_frames % self.tubelet_size:
       errors.append(f"num_frames={self.num_frames} is not a multiple of tubelet_size={self.tubelet_size}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      errors.append(f"attention_impl={self.attention_impl!r} must be one of "
+                    f"{', '.join(ATTENTION_IMPLS)}")
     if self.arch == "vit" and len(self.stage_depths) != 1:
       errors.append("a ViT has one stage: stage_depths=(depth,)")
     if self.arch == "tpsbt":

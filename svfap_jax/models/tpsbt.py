@@ -49,7 +49,8 @@ class TPSBTEncoder(nn.Module):
     common = dict(num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, qkv_bias=spec.qkv_bias,
                   drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
                   init_values=spec.init_values, eps=spec.layer_norm_eps,
-                  deterministic=deterministic, kernel_init=self.kernel_init, dtype=self.dtype)
+                  deterministic=deterministic, kernel_init=self.kernel_init, dtype=self.dtype,
+                  attention_impl=spec.attention_impl)
     block_cls = layers.maybe_remat(layers.Block, self.remat)
     cs_block_cls = layers.maybe_remat(layers.CSBlock, self.remat)
 

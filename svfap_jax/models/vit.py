@@ -31,7 +31,8 @@ class ViTEncoder(TPSBTEncoder):
                     drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
                     drop_path_rate=float(rate), init_values=spec.init_values,
                     eps=spec.layer_norm_eps, deterministic=deterministic,
-                    kernel_init=self.kernel_init, dtype=self.dtype, name=f"blocks_{i}")(x)
+                    kernel_init=self.kernel_init, dtype=self.dtype,
+                    attention_impl=spec.attention_impl, name=f"blocks_{i}")(x)
     if self.pretraining:
       return layers.layer_norm(spec.layer_norm_eps, name="norm", dtype=self.dtype)(x)
     return x, spec.temporal_tokens

@@ -1,0 +1,195 @@
+"""Attention kernels (`ModelSpec.attention_impl`) against the float32 reference attention.
+
+Tolerances, for q, k, v drawn from N(0, 1) (outputs and gradients are O(1)):
+  float32: max |kernel - reference| <= 1e-5 for outputs and for the gradients of q, k and v.
+  bfloat16 (compute dtype of a bf16 model): <= 2e-2 absolute on outputs and gradients, against
+  the float32 reference of the same bf16-rounded inputs.
+Every kernel that can run on this machine is checked; cuDNN only where JAX runs on a GPU.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import svfap_jax
+from svfap_jax import masking
+from svfap_jax.models import layers
+from svfap_jax.models.registry import ATTENTION_IMPLS, get_spec
+
+F32_TOL = 1e-5
+BF16_TOL = 2e-2
+
+
+def _kernels_here():
+  kernels = ["xla", "chunked"]
+  if jax.default_backend() == "gpu":
+    kernels.append("cudnn")
+  return kernels
+
+
+def _qkv(b, n, m, h, d, seed=0, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  draw = lambda length: jnp.asarray(rng.standard_normal((b, length, h, d)), jnp.float32)
+  q, k, v, g = draw(n), draw(m), draw(m), draw(n)
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype), g
+
+
+def _run(kernel, q, k, v, chunk=None):
+  if kernel == "chunked":
+    return layers.chunked_attention(q, k, v, chunk=chunk)
+  if kernel == "reference":
+    return layers.reference_attention(q, k, v)
+  return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
+
+
+def _grads(kernel, q, k, v, g, chunk=None):
+  loss = lambda q, k, v: jnp.sum(_run(kernel, q, k, v, chunk).astype(jnp.float32) * g)
+  return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
+def _max_err(a, b):
+  return float(jnp.max(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32))))
+
+
+@pytest.mark.parametrize("kernel", _kernels_here())
+@pytest.mark.parametrize("b,n,m,h,d,chunk", [
+    (2, 37, 37, 4, 16, 8),       # self-attention, ragged last chunk (37 = 4 * 8 + 5)
+    (2, 50, 7, 2, 32, 16),       # cross-attention to a few bottleneck tokens
+    (1, 9, 45, 3, 8, None),      # few queries, many keys (bottleneck -> full resolution)
+    (1, 450, 450, 2, 16, None),  # longer than ATTENTION_CHUNK: the default chunking
+])
+def test_float32_kernels_match_reference(kernel, b, n, m, h, d, chunk):
+  if kernel == "cudnn":
+    pytest.skip("cuDNN takes bfloat16/float16 only; see the bfloat16 test")
+  q, k, v, g = _qkv(b, n, m, h, d)
+  want = _run("reference", q, k, v)
+  got = jax.jit(lambda q, k, v: _run(kernel, q, k, v, chunk))(q, k, v)
+  assert got.shape == want.shape == (b, n, h, d) and got.dtype == jnp.float32
+  assert _max_err(got, want) <= F32_TOL
+  want_grads = _grads("reference", q, k, v, g)
+  got_grads = jax.jit(lambda q, k, v: _grads(kernel, q, k, v, g, chunk))(q, k, v)
+  for name, a, b_ in zip("qkv", got_grads, want_grads):
+    assert _max_err(a, b_) <= F32_TOL, f"d{name}"
+
+
+@pytest.mark.parametrize("kernel", _kernels_here())
+def test_bfloat16_kernels_match_reference(kernel):
+  q, k, v, g = _qkv(2, 64, 64, 2, 64, seed=1, dtype=jnp.bfloat16)
+  want = _run("reference", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32))
+  got = jax.jit(lambda q, k, v: _run(kernel, q, k, v, 24))(q, k, v)
+  assert got.dtype == jnp.bfloat16
+  assert _max_err(got, want) <= BF16_TOL
+  want_grads = _grads("reference", *(t.astype(jnp.float32) for t in (q, k, v)), g)
+  got_grads = jax.jit(lambda q, k, v: _grads(kernel, q, k, v, g, 24))(q, k, v)
+  for name, a, b_ in zip("qkv", got_grads, want_grads):
+    assert _max_err(a, b_) <= BF16_TOL * max(1.0, float(jnp.abs(b_).max())), f"d{name}"
+
+
+def test_reference_is_softmax_attention():
+  """The reference itself, against numpy in float64 on a hand-sized example."""
+  q, k, v, _ = _qkv(1, 3, 4, 1, 2, seed=2)
+  qn, kn, vn = (np.asarray(t, np.float64)[0, :, 0] for t in (q, k, v))
+  logits = qn @ kn.T / np.sqrt(2.0)
+  weights = np.exp(logits - logits.max(1, keepdims=True))
+  weights /= weights.sum(1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(layers.reference_attention(q, k, v))[0, :, 0],
+                             weights @ vn, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,dtype,head_dim,want", [
+    ("cpu", jnp.float32, 64, "chunked"),
+    ("cpu", jnp.bfloat16, 64, "chunked"),
+    ("gpu", jnp.bfloat16, 64, "cudnn"),
+    ("gpu", jnp.float16, 128, "cudnn"),
+    ("gpu", jnp.float32, 64, "xla"),      # cuDNN has no float32 flash attention
+    ("gpu", jnp.bfloat16, 36, "xla"),     # head dim not a multiple of 8
+    ("gpu", jnp.bfloat16, 160, "xla"),    # head dim above 128
+    ("tpu", jnp.bfloat16, 64, "xla"),
+])
+def test_auto_picks_kernel_per_backend(backend, dtype, head_dim, want):
+  assert layers.resolve_attention_impl("auto", dtype=dtype, head_dim=head_dim,
+                                       backend=backend) == want
+
+
+def test_forced_kernels_and_errors():
+  assert layers.resolve_attention_impl("xla", dtype=jnp.float32, head_dim=64, backend="gpu") == "xla"
+  assert layers.resolve_attention_impl("chunked", dtype=jnp.float32, head_dim=64,
+                                       backend="tpu") == "chunked"
+  with pytest.raises(ValueError, match="NVIDIA GPUs only"):
+    layers.resolve_attention_impl("cudnn", dtype=jnp.bfloat16, head_dim=64, backend="cpu")
+  with pytest.raises(ValueError, match="float32"):
+    layers.resolve_attention_impl("cudnn", dtype=jnp.float32, head_dim=64, backend="gpu")
+  with pytest.raises(ValueError, match="multiple of 8"):
+    layers.resolve_attention_impl("cudnn", dtype=jnp.bfloat16, head_dim=12, backend="gpu")
+  with pytest.raises(ValueError, match="choose auto"):
+    layers.resolve_attention_impl("flash", dtype=jnp.float32, head_dim=64, backend="cpu")
+
+
+def test_spec_validates_attention_impl():
+  assert get_spec("svfap_tiny").attention_impl == "auto"
+  assert set(ATTENTION_IMPLS) == {"auto", "xla", "cudnn", "chunked"}
+  with pytest.raises(ValueError, match="attention_impl='flash'"):
+    get_spec("svfap_tiny", attention_impl="flash")
+
+
+def _perturbed_params(model, scale=0.05):
+  leaves, treedef = jax.tree_util.tree_flatten(model.params)
+  rng = np.random.default_rng(0)
+  return jax.tree_util.tree_unflatten(
+      treedef, [x + scale * rng.standard_normal(np.shape(x)).astype(np.float32) for x in leaves])
+
+
+# One block per stage keeps compilation short; every attention call site is still there.
+_SHALLOW = {"svfap_tiny": (1, 1, 1), "vit_tiny": (2,)}
+
+
+@pytest.mark.parametrize("name,pretrain", [("svfap_tiny", False), ("svfap_tiny", True),
+                                           ("vit_tiny", True)])
+def test_models_agree_across_kernels(name, pretrain, monkeypatch):
+  """Whole models (outputs and parameter gradients) with every kernel; same parameter tree.
+
+  The chunk size is lowered so the tiny models' 128 tokens run through several chunks.
+  """
+  monkeypatch.setattr(layers, "ATTENTION_CHUNK", 48)
+  models = {kernel: svfap_jax.create_model(name, pretrain=pretrain, num_classes=0 if pretrain else 3,
+                                           seed=4, attention_impl=kernel,
+                                           stage_depths=_SHALLOW[name])
+            for kernel in ("xla", "chunked")}
+  trees = {k: jax.tree_util.tree_structure(m.params) for k, m in models.items()}
+  assert trees["xla"] == trees["chunked"]
+  params = _perturbed_params(models["xla"])
+  spec = models["xla"].spec
+  rng = np.random.default_rng(1)
+  video = jnp.asarray(rng.standard_normal((2, spec.num_frames, spec.img_size, spec.img_size, 3)),
+                      jnp.float32)
+  mask = masking.tube_mask(jax.random.key(0), 2, spec.temporal_tokens,
+                                     spec.spatial_tokens, 0.75)
+  visible = spec.num_patches - int(np.asarray(mask)[0].sum())
+  outs, grads = {}, {}
+  for kernel, model in models.items():
+    def loss(p, model=model):
+      if pretrain:
+        out = model.module.apply({"params": p}, video, mask, num_visible=visible)
+      else:
+        out = model.module.apply({"params": p}, video)
+      return jnp.sum(out ** 2), out
+    (_, outs[kernel]), grads[kernel] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  scale = float(jnp.abs(outs["xla"]).max())
+  assert _max_err(outs["chunked"], outs["xla"]) <= 1e-5 * max(1.0, scale)
+  for (path, a), b_ in zip(jax.tree_util.tree_leaves_with_path(grads["chunked"]),
+                           jax.tree_util.tree_leaves(grads["xla"])):
+    assert _max_err(a, b_) <= 1e-4 * max(1.0, float(jnp.abs(b_).max())), path
+
+
+def test_attention_dropout_runs_with_every_kernel():
+  shallow = dict(stage_depths=(1,), num_classes=2)
+  video = jnp.asarray(np.random.default_rng(0).standard_normal((1, 16, 64, 64, 3)), jnp.float32)
+  for kernel in ("xla", "chunked"):
+    model = svfap_jax.create_model("vit_tiny", attn_drop_rate=0.3, attention_impl=kernel,
+                                   **shallow)
+    train = jax.jit(lambda key, model=model: model.module.apply(
+        {"params": model.params}, video, deterministic=False, rngs={"dropout": key}))
+    a, b_ = train(jax.random.key(0)), train(jax.random.key(1))
+    assert a.shape == (1, 2) and not np.allclose(a, b_)
+    np.testing.assert_allclose(model(video), svfap_jax.create_model(
+        "vit_tiny", attention_impl=kernel, **shallow)(video), atol=1e-6)
