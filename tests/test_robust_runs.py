@@ -395,10 +395,10 @@ def _regression_config(data, **overrides):
 
 @pytest.fixture(scope="module")
 def regression_data(tmp_path_factory):
-  """4 train clips of which only 1 has valence/arousal values; 2 test clips with values."""
+  """4 train clips of which only 1 has valence/arousal values; 3 test clips, 2 with values."""
   root = tmp_path_factory.mktemp("regression")
   train = [("R/a", 0), ("R/b", 1), ("R/c", 0), ("R/d", 1)]
-  test = [("T/e", 0), ("T/f", 1)]
+  test = [("T/e", 0), ("T/f", 1), ("T/g", 0)]
   return _prepare(root, "ds", {"train": train, "test": test},
                   values={"train": [("R/a", 0.6, 0.3)],
                           "test": [("T/e", 0.6, 0.4), ("T/f", -0.5, 0.7)]})
@@ -419,9 +419,17 @@ def test_missing_regression_targets_leave_every_update_finite(regression_data, t
   assert all(r["missing_targets"] in (2, 4) for r in train)
   assert summary["nonfinite_steps"] == 0
   assert summary["missing_target_values"] == sum(r["missing_targets"] for r in train)
+  # The test clip without values is scored and listed, and left out of the metrics.
   test = summary["test_last"]
-  assert test["num_videos"] == 2 and test["num_unlabelled"] == 0
-  assert math.isfinite(test["rmse"])
+  assert test["num_videos"] == 3 and test["num_unlabelled"] == 1
+  assert test["per_dim"]["valence"]["count"] == 2 and math.isfinite(test["rmse"])
+  rows = {r["id"]: r for r in _read_csv(tmp_path / "W" / "test_last_predictions.csv")}
+  assert rows["g"]["target_0"] == "" and rows["g"]["pred_0"] != ""
+  scored = [r for r in rows.values() if r["target_0"]]
+  assert len(scored) == 2
+  rmse = np.mean([np.sqrt(np.mean([(float(r[f"pred_{k}"]) - float(r[f"target_{k}"])) ** 2
+                                   for r in scored])) for k in (0, 1)])
+  assert test["rmse"] == pytest.approx(rmse, abs=1e-4)
 
 
 def test_nonfinite_limit_counts_consecutive_updates_whatever_the_logging(regression_data,

@@ -18,6 +18,7 @@ from svfap_jax import sharding
 from svfap_jax.train import steps
 
 _STEP_CACHE: dict = {}
+_ROUNDED: set = set()
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -84,7 +85,8 @@ def batch_rows(config, mesh) -> int:
   per_process = -(-requested // processes)
   shards = max(1, sharding.batch_shards(mesh) // processes)
   rows = -(-per_process // shards) * shards
-  if rows * processes != requested:
+  if rows * processes != requested and (requested, rows) not in _ROUNDED:
+    _ROUNDED.add((requested, rows))  # once per run, not at every evaluation
     logging.warning("data.eval_batch_size=%d does not split over %d batch shard(s) (%d "
                     "process(es)); evaluating in global batches of %d (a short batch is padded)",
                     requested, sharding.batch_shards(mesh), processes, rows * processes)

@@ -75,7 +75,8 @@ class RunWriter:
     if not self.active:
       return
     self._clu.write_scalars(row["step"], {f"{row['split']}/{k}": v for k, v in scalars.items()})
-    shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
+    shown = "  ".join(f"{k} {v}" if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                      else f"{k} {v:.4f}" for k, v in scalars.items())
     print(f"eval {row['split']} @ step {row['step']}: {shown}", flush=True)
 
   def write_image(self, name: str, image: np.ndarray, step: int):
