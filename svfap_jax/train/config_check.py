@@ -106,10 +106,6 @@ def validate(config, *, mode: str) -> dict:
   # a short batch is padded with masked-out rows (train/evaluate.py), so only the sign matters.
   need(config.data.eval_batch_size >= 0,
        f"data.eval_batch_size={config.data.eval_batch_size} must be >= 0 (0 = batch_size)")
-  probe = config.get("probe")
-  if probe is not None and "batch_size" in probe:
-    need(probe.batch_size >= 0,
-         f"probe.batch_size={probe.batch_size} must be >= 0 (0 = batch_size)")
   if mode == "finetune":
     allowed = CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
     need(config.best_metric in allowed,
