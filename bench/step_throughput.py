@@ -1,107 +1,150 @@
-"""Train-step time of svfap_base in JAX vs our PyTorch twin, same machine, same batch, fp32.
+"""Train-step time of the project's jitted train steps vs our PyTorch twin, same machine and weights.
 
-  .venv/bin/python bench/step_throughput.py [--model svfap_base] [--repeats 5]
+  .venv/bin/python bench/step_throughput.py [--model svfap_base] [--repeats 5] [--json out.json]
 
-Cases: fine-tuning step (batch 4: forward, cross-entropy, backward, AdamW) and pretraining step
-(batch 8, 90 % tube mask: forward, masked MSE, backward, AdamW). Both frameworks run the same
-model (the twin loads the JAX weights), one after the other in this process. Reports the median of
-`--repeats` timed steps after warm-up, the JAX/PyTorch speed ratio and the FLOP/s each achieves,
-with the step's FLOPs from XLA's cost analysis. On a GPU, pass --dtype bfloat16 for MFU.
+JAX side: the steps the trainer runs (`svfap_jax.train.steps.make_finetune_step` /
+`make_pretrain_step`), built from the shipped configs (`configs/finetune_dfew.py`,
+`configs/pretrain_voxceleb2.py`) the way `train/loop.py` builds them: the config's optimizer (AdamW,
+layer decay, weight-decay mask, schedule), `TrainState` with its non-finite guard (and EMA when
+`--ema` > 0), jitted with the state donated. Fine-tuning steps take uint8 host crops
+(B, 16, 176, 176, 3) and run the on-device augmentation (random resized crop, flip, RandAugment,
+mixup/cutmix, random erasing); pretraining steps take uint8 (B, 16, 160, 160, 3), normalise, draw
+the 90 % tube mask and the normalised pixel targets on the device.
+
+PyTorch side: the twin (`svfap_jax/interop/torch_twin.py`) loaded with the same weights, train
+mode with the config's drop path, AdamW; its input is an already normalised float video (and for
+pretraining a fixed mask and precomputed targets): the twin gets no augmentation work, so the
+ratio is conservative for JAX.
+
+Timing: after warm-up the two frameworks alternate, one JAX step then one twin step, `--repeats`
+times, so both see the same machine load (other jobs on a shared machine); the table reports the
+median of each, their ratio (twin time / JAX time: > 1 means JAX is faster), the load average
+before and after, and FLOP/s with the step's FLOPs counted by XLA on the lowered program.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from typing import Any, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from svfap_jax import api, losses, masking
-from svfap_jax.models.registry import get_spec
+CASES = {"finetune": False, "pretrain": True}
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+def build_config(model: str, mode: str, batch: int, dtype: str, ema_decay: float = 0.0):
+  """The shipped DFEW fine-tuning / VoxCeleb2 pretraining config at `batch`, `dtype`."""
+  from configs import finetune_dfew, pretrain_voxceleb2  # pylint: disable=g-import-not-at-top
+  bf16 = "true" if dtype == "bfloat16" else "false"
+  get = finetune_dfew.get_config if mode == "finetune" else pretrain_voxceleb2.get_config
+  config = get(f"model={model},bf16={bf16}")
+  config.batch_size = batch
+  config.total_steps = 1000
+  config.optim.warmup_steps = 100
+  config.optim.ema_decay = ema_decay
+  return config
 
 
-def jax_step(spec, pretrain: bool, batch: int, dtype: str):
-  module = api.build_module(spec, pretrain=pretrain, num_classes=7, dtype=dtype)
-  params, _ = api.init_params(module, spec, jax.random.key(0), pretrain)
-  tx = optax.adamw(1e-4, weight_decay=0.05)
-  opt_state = tx.init(params)
-  rng = np.random.default_rng(0)
-  video = jnp.asarray(rng.standard_normal((batch, spec.num_frames, spec.img_size, spec.img_size,
-                                           3)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, 7, batch))
-  nv = masking.num_visible("tube", spec.temporal_tokens, spec.spatial_tokens, 0.9)
-  mask = masking.tube_mask(jax.random.key(1), batch, spec.temporal_tokens, spec.spatial_tokens, 0.9)
-  targets = losses.patchify_targets(video)
+def host_batch(spec, config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A batch as the data pipeline delivers it: uint8 host crops, int labels, float values."""
+  rng = np.random.default_rng(seed)
+  side = spec.img_size if config.mode == "pretrain" else int(round(1.1 * spec.img_size))
+  return {"video": rng.integers(0, 256, (batch, spec.num_frames, side, side, spec.in_chans),
+                                dtype=np.uint8),
+          "label": rng.integers(0, 7, (batch,)).astype(np.int32),
+          "values": np.zeros((batch, 0), np.float32)}
 
-  def loss_fn(p, video, labels, mask, targets):
-    if pretrain:
-      pred = module.apply({"params": p}, video, mask, num_visible=nv)
-      return losses.pretrain_loss(pred, targets, mask)
-    logits = module.apply({"params": p}, video)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  @jax.jit
-  def step(p, s, batch):
-    loss, g = jax.value_and_grad(loss_fn)(p, *batch)
-    u, s = tx.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
+def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int = 7,
+             seed: int = 0) -> dict[str, Any]:
+  """Builds and compiles the trainer's step for `config` on the default device.
 
-  # The batch is an argument, not a closed-over constant: XLA would otherwise fold the input
-  # reshapes into the program. FLOPs come from the lowered (pre-optimisation) program, which
-  # counts every matmul on every backend (GPU cost analysis leaves library GEMM calls out).
-  batch_args = (video, labels, mask, targets)
-  lowered = step.lower(params, opt_state, batch_args)
+  Returns a dict with `run` (one step, blocking), `flops` (XLA's count on the lowered step),
+  `params` (the initial parameters, for the twin), `batch` (host arrays), `compiled`,
+  `compile_s`.
+  """
+  from svfap_jax import optim  # pylint: disable=g-import-not-at-top
+  from svfap_jax import api
+  from svfap_jax.models.registry import get_spec
+  from svfap_jax.train import loop, steps
+  from svfap_jax.train.state import TrainState
+
+  pretrain = config.mode == "pretrain"
+  overrides = {} if attention_impl is None else {"attention_impl": attention_impl}
+  spec = get_spec(config.model.name, **overrides)
+  module = loop.build_module(config, spec, 0 if pretrain else num_outputs, pretrain)
+  params, _ = api.init_params(module, spec, jax.random.key(seed), pretrain)
+  tx, _ = optim.make_optimizer(loop.optim_config(config, config.optim.warmup_steps), params,
+                               pretrain=pretrain, total_steps=config.total_steps)
+  ema = config.optim.ema_decay > 0
+  state = jax.jit(lambda p: TrainState.create(p, tx, config.seed, ema))(params)
+  if pretrain:
+    step = steps.make_pretrain_step(module, tx, spec, mask_kind=config.mask.kind,
+                                    mask_ratio=config.mask.ratio,
+                                    normalize_target=config.mask.normalize_target,
+                                    ema_decay=config.optim.ema_decay)
+  else:
+    step = steps.make_finetune_step(module, tx, task=config.task, num_outputs=num_outputs,
+                                    augment_cfg=loop.augment_config(config),
+                                    ema_decay=config.optim.ema_decay)
+  batch = host_batch(spec, config, config.batch_size, seed)
+  # The batch is an argument (as in training), never a closed-over constant that XLA could fold.
+  device_batch = jax.device_put(batch)
+  jitted = jax.jit(step, donate_argnums=(0,))
+  t0 = time.perf_counter()
+  lowered = jitted.lower(state, device_batch)
   cost = lowered.cost_analysis()
   flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
   compiled = lowered.compile()
-  state = {"p": params, "s": opt_state}
+  compile_s = time.perf_counter() - t0
+  holder = {"state": state}
 
   def run():
-    state["p"], state["s"], loss = compiled(state["p"], state["s"], batch_args)
-    loss.block_until_ready()
-  return run, flops, params, np.asarray(video), np.asarray(mask)
+    holder["state"], info = compiled(holder["state"], device_batch)
+    jax.block_until_ready(info["loss"])
+    return info
+
+  return {"run": run, "flops": flops, "params": jax.device_get(params), "batch": batch,
+          "compiled": compiled, "compile_s": compile_s, "spec": spec, "holder": holder}
 
 
-def torch_step(spec, pretrain: bool, params, video: np.ndarray, mask: np.ndarray, batch: int,
-               dtype: str = "float32"):
-  """The same step in our PyTorch twin: on the GPU when JAX runs on one (bf16 via autocast)."""
-  import contextlib  # pylint: disable=g-import-not-at-top
+def twin_case(config, spec, params, batch: dict[str, np.ndarray], dtype: str = "float32"):
+  """The same training step in the PyTorch twin; returns a blocking one-step callable."""
   import torch  # pylint: disable=g-import-not-at-top
-  from svfap_jax.interop import mapping, torch_twin  # pylint: disable=g-import-not-at-top
+  from svfap_jax import masking  # pylint: disable=g-import-not-at-top
+  from svfap_jax.interop import mapping, torch_twin
+  pretrain = config.mode == "pretrain"
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   torch.set_num_threads(os.cpu_count() or 1)
-  model = torch_twin.build_torch_model(spec, pretrain=pretrain, num_classes=7)
+  model = torch_twin.build_torch_model(spec, pretrain=pretrain, num_classes=0 if pretrain else 7,
+                                       drop_path_rate=config.model.drop_path_rate)
   model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
                          mapping.to_torch_state_dict(params, pretrain=pretrain).items()})
   model.to(device).train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+  s = spec.img_size
+  video = batch["video"][:, :, :s, :s].astype(np.float32) / 255.0
+  video = (video - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+      [0.229, 0.224, 0.225], np.float32)
   x = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 4, 1, 2, 3))).to(device)
+  b = x.shape[0]
+  labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
+  mask = np.asarray(masking.tube_mask(jax.random.key(1), b, spec.temporal_tokens,
+                                      spec.spatial_tokens, config.mask.ratio))
   m = torch.from_numpy(np.array(mask)).to(device)
-  labels = torch.randint(0, 7, (batch,), device=device)
-  n_masked = int(mask[0].sum())
-  target = torch.randn(batch, n_masked, spec.patch_pixels, device=device)
-  autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bfloat16" \
-      else contextlib.nullcontext
+  target = torch.randn(b, int(mask[0].sum()), spec.patch_pixels, device=device)
+  autocast = ((lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bfloat16"
+              else contextlib.nullcontext)
 
   def run():
     opt.zero_grad(set_to_none=True)
@@ -109,19 +152,114 @@ def torch_step(spec, pretrain: bool, params, video: np.ndarray, mask: np.ndarray
       if pretrain:
         loss = torch.nn.functional.mse_loss(model(x, m).float(), target)
       else:
-        loss = torch.nn.functional.cross_entropy(model(x).float(), labels)
+        loss = torch.nn.functional.cross_entropy(model(x).float(), labels, label_smoothing=0.1)
     loss.backward()
     opt.step()
     if device == "cuda":
       torch.cuda.synchronize()
+    return loss
   return run
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+def interleaved(fns: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
+  """Wall seconds of each callable, alternating them call by call after `warmup` rounds."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t)
+  return times
+
+
+def uptime() -> str:
+  try:
+    with open("/proc/loadavg") as f:
+      return " ".join(f.read().split()[:3])
+  except OSError:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  return (f"{os.cpu_count()} cores, {cpu}; jax {jax.__version__} on "
+          f"{jax.devices()[0].device_kind}")
+
+
+def measure_case(args, mode: str, batch: int) -> dict[str, Any]:
+  config = build_config(args.model, mode, batch, args.dtype, args.ema)
+  case = jax_case(config, attention_impl=args.attention_impl)
+  fns = {"jax": case["run"]}
+  extra = {}
+  for impl in args.also_impl:
+    extra[impl] = jax_case(config, attention_impl=impl)
+    fns[f"jax_{impl}"] = extra[impl]["run"]
+  if not args.skip_torch:
+    fns["torch"] = twin_case(config, case["spec"], case["params"], case["batch"], args.dtype)
+  load_before = uptime()
+  times = interleaved(fns, args.repeats, args.warmup)
+  row = {"case": mode, "model": args.model, "batch": batch, "dtype": args.dtype,
+         "attention_impl": case["spec"].attention_impl, "step_gflops": case["flops"] / 1e9,
+         "compile_s": case["compile_s"], "load_before": load_before, "load_after": uptime(),
+         "jax_times_s": times["jax"], "jax_s": statistics.median(times["jax"])}
+  row["jax_gflops_per_s"] = case["flops"] / row["jax_s"] / 1e9
+  for impl in extra:
+    row[f"jax_{impl}_times_s"] = times[f"jax_{impl}"]
+    row[f"jax_{impl}_s"] = statistics.median(times[f"jax_{impl}"])
+  if "torch" in times:
+    row.update(torch_times_s=times["torch"], torch_s=statistics.median(times["torch"]))
+    row["torch_gflops_per_s"] = case["flops"] / row["torch_s"] / 1e9
+    row["speed_ratio_jax_over_torch"] = row["torch_s"] / row["jax_s"]
+  if args.peak_tflops:
+    row["jax_mfu"] = row["jax_gflops_per_s"] / 1e3 / args.peak_tflops
+    if "torch_gflops_per_s" in row:
+      row["torch_mfu"] = row["torch_gflops_per_s"] / 1e3 / args.peak_tflops
+  return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  lines = ["| case | batch | GFLOP/step | JAX s | PyTorch s | JAX/PyTorch speed | JAX GFLOP/s | "
+           "PyTorch GFLOP/s | load before → after |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['model']} {r['case']} ({r['attention_impl']}) | {r['batch']} | "
+        f"{r['step_gflops']:.0f} | {r['jax_s']:.3f} | {r.get('torch_s', float('nan')):.3f} | "
+        f"**{r.get('speed_ratio_jax_over_torch', float('nan')):.2f}** | "
+        f"{r['jax_gflops_per_s']:.0f} | {r.get('torch_gflops_per_s', float('nan')):.0f} | "
+        f"{r['load_before']} → {r['load_after']} |"
+        + "".join(f" {k[4:-2]}: {v:.3f} s |" for k, v in r.items()
+                  if k.startswith("jax_") and k.endswith("_s")
+                  and k not in ("jax_s", "jax_gflops_per_s")
+                  and not k.endswith("times_s"))
+        + (f" MFU JAX {100 * r['jax_mfu']:.1f} % / PyTorch "
+           f"{100 * r.get('torch_mfu', float('nan')):.1f} % |" if "jax_mfu" in r else ""))
+  return "\n".join(lines)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="svfap_base")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--attention-impl", default=None,
+                      help="ModelSpec.attention_impl for the JAX model (default: the spec's)")
+  parser.add_argument("--also-impl", action="append", default=[],
+                      help="another attention_impl to time in the same interleaved rounds "
+                      "(repeatable), e.g. --also-impl xla")
+  parser.add_argument("--compile-cache", default="",
+                      help="persistent XLA compilation cache directory (reruns skip compiling)")
+  parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the parameters")
   parser.add_argument("--skip-torch", action="store_true")
   parser.add_argument("--json", default="")
   parser.add_argument("--cases", default="finetune,pretrain", help="comma-separated subset")
@@ -130,46 +268,32 @@ def main():
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="the device's peak for --dtype (e.g. 989 for H100 SXM bf16 dense); "
                       "adds model-FLOPs utilisation (MFU) columns")
-  args = parser.parse_args()
-  spec = get_spec(args.model)
-  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-              if l.startswith("model name")), platform.processor())
-  print(f"machine: {os.cpu_count()} cores, {cpu}; jax {jax.__version__} on "
-        f"{jax.devices()[0].device_kind}")
+  args = parser.parse_args(argv)
+  unknown = set(args.cases.split(",")) - set(CASES)
+  if unknown:
+    parser.error(f"--cases: unknown {sorted(unknown)}; choose from {sorted(CASES)}")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.compile_cache:
+    jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  print(f"machine: {machine()}; load average {uptime()}", flush=True)
   rows = []
-  cases = [("finetune", False, args.finetune_batch),
-           ("pretrain (90% tube mask)", True, args.pretrain_batch)]
-  for name, pretrain, batch in cases:
-    if name.split()[0] not in args.cases.split(","):
-      continue
-    run_jax, flops, params, video, mask = jax_step(spec, pretrain, batch, args.dtype)
-    t_jax = _median_time(run_jax, args.repeats)
-    row = {"case": name, "batch": batch, "step_gflops": flops / 1e9, "jax_s": t_jax,
-           "jax_gflops_per_s": flops / t_jax / 1e9}
-    if not args.skip_torch:
-      t_torch = _median_time(torch_step(spec, pretrain, params, video, mask, batch, args.dtype),
-                             args.repeats)
-      row.update(torch_s=t_torch, torch_gflops_per_s=flops / t_torch / 1e9,
-                 speed_ratio_jax_over_torch=t_torch / t_jax)
-    if args.peak_tflops:
-      row["jax_mfu"] = row["jax_gflops_per_s"] / 1e3 / args.peak_tflops
-      if "torch_gflops_per_s" in row:
-        row["torch_mfu"] = row["torch_gflops_per_s"] / 1e3 / args.peak_tflops
+  for mode in args.cases.split(","):
+    batch = args.finetune_batch if mode == "finetune" else args.pretrain_batch
+    row = measure_case(args, mode, batch)
     rows.append(row)
     print(json.dumps(row), flush=True)
-  print("\n| case | batch | GFLOP/step (XLA) | JAX s | PyTorch s | JAX/PyTorch speed | "
-        "JAX GFLOP/s | PyTorch GFLOP/s |\n|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {args.model} {r['case']} | {r['batch']} | {r['step_gflops']:.0f} | {r['jax_s']:.2f} "
-          f"| {r.get('torch_s', float('nan')):.2f} | "
-          f"{r.get('speed_ratio_jax_over_torch', float('nan')):.2f} | "
-          f"{r['jax_gflops_per_s']:.0f} | {r.get('torch_gflops_per_s', float('nan')):.0f} |"
-          + (f" MFU JAX {100 * r['jax_mfu']:.1f} % / PyTorch "
-             f"{100 * r.get('torch_mfu', float('nan')):.1f} % |" if "jax_mfu" in r else ""))
+  print()
+  print(markdown(rows))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

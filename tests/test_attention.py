@@ -112,7 +112,8 @@ def test_auto_picks_kernel_per_backend(backend, dtype, head_dim, want):
 
 
 def test_forced_kernels_and_errors():
-  assert layers.resolve_attention_impl("xla", dtype=jnp.float32, head_dim=64, backend="gpu") == "xla"
+  assert layers.resolve_attention_impl("xla", dtype=jnp.float32, head_dim=64,
+                                       backend="gpu") == "xla"
   assert layers.resolve_attention_impl("chunked", dtype=jnp.float32, head_dim=64,
                                        backend="tpu") == "chunked"
   with pytest.raises(ValueError, match="NVIDIA GPUs only"):
@@ -151,9 +152,9 @@ def test_models_agree_across_kernels(name, pretrain, monkeypatch):
   The chunk size is lowered so the tiny models' 128 tokens run through several chunks.
   """
   monkeypatch.setattr(layers, "ATTENTION_CHUNK", 48)
-  models = {kernel: svfap_jax.create_model(name, pretrain=pretrain, num_classes=0 if pretrain else 3,
-                                           seed=4, attention_impl=kernel,
-                                           stage_depths=_SHALLOW[name])
+  models = {kernel: svfap_jax.create_model(name, pretrain=pretrain,
+                                           num_classes=0 if pretrain else 3, seed=4,
+                                           attention_impl=kernel, stage_depths=_SHALLOW[name])
             for kernel in ("xla", "chunked")}
   trees = {k: jax.tree_util.tree_structure(m.params) for k, m in models.items()}
   assert trees["xla"] == trees["chunked"]

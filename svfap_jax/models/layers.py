@@ -156,13 +156,15 @@ def resolve_attention_impl(impl: str, *, dtype, head_dim: int,
   elif dtype not in [jnp.dtype(d) for d in _CUDNN_DTYPES]:
     cudnn_problem = f"cuDNN attention takes bfloat16/float16, the model computes in {dtype.name}"
   elif head_dim % 8 or head_dim > 128:
-    cudnn_problem = f"cuDNN attention needs a head dim that is a multiple of 8 and <= 128, got {head_dim}"
+    cudnn_problem = ("cuDNN attention needs a head dim that is a multiple of 8 and <= 128, "
+                     f"got {head_dim}")
   if impl == "auto":
     if cudnn_problem is None:
       return "cudnn"
     return "chunked" if backend == "cpu" else "xla"
   if impl == "cudnn" and cudnn_problem is not None:
-    raise ValueError(f"attention_impl='cudnn' cannot run here: {cudnn_problem}; use 'auto' or 'xla'")
+    raise ValueError(f"attention_impl='cudnn' cannot run here: {cudnn_problem}; "
+                     "use 'auto' or 'xla'")
   if impl not in ("xla", "cudnn", "chunked"):
     raise ValueError(f"attention_impl={impl!r}; choose auto, xla, cudnn or chunked")
   return impl

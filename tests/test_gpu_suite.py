@@ -1,0 +1,92 @@
+"""The benchmark entry points: bench/gpu_suite.py (argument parsing, the attention phase in tiny
+mode on this machine, and the whole tiny run through bench/gpu_suite.sh as a slow test) and the
+op-profile helper it uses."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import gpu_suite  # pylint: disable=g-import-not-at-top,wrong-import-position
+import op_profile  # pylint: disable=g-import-not-at-top,wrong-import-position
+import step_throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_arguments_and_modes(tmp_path):
+  gpu = gpu_suite.parse_args(["--out", str(tmp_path)])
+  assert (gpu.model, gpu.dtype, gpu.finetune_batch, gpu.pretrain_batch) == (
+      "svfap_base", "bfloat16", 32, 64)
+  assert gpu.phases == list(gpu_suite.PHASES) and gpu.budget_s <= 360
+  tiny = gpu_suite.parse_args(["--out", str(tmp_path), "--tiny", "--only", "attention,profile",
+                               "--finetune-batch", "3"])
+  assert (tiny.model, tiny.dtype, tiny.finetune_batch) == ("svfap_tiny", "float32", 3)
+  assert tiny.phases == ["attention", "profile"]
+  with pytest.raises(SystemExit):
+    gpu_suite.parse_args(["--out", str(tmp_path), "--only", "attention,warp"])
+  with pytest.raises(SystemExit):
+    gpu_suite.parse_args(["--tiny"])  # --out is required
+  bench = step_throughput.parse_args(["--cases", "pretrain", "--attention-impl", "xla"])
+  assert bench.cases == "pretrain" and bench.attention_impl == "xla"
+  with pytest.raises(SystemExit):
+    step_throughput.parse_args(["--cases", "finetune,eval"])
+
+
+def test_tiny_attention_phase_writes_json(tmp_path):
+  assert gpu_suite.main(["--out", str(tmp_path), "--tiny", "--only", "attention",
+                         "--compile-cache", ""]) == 0
+  record = json.loads((tmp_path / "gpu_suite.json").read_text())
+  phase = record["phases"]["attention"]
+  assert phase["all_pass"] and phase["kernels"] == ["xla", "chunked"]
+  assert phase["auto_resolves_to"] == {"float32": "chunked", "bfloat16": "chunked"}
+  # Two shapes x two dtypes x two kernels, each with its measured errors.
+  assert len(phase["rows"]) == 8
+  assert all(r["out_err"] <= phase["tolerances"][r["dtype"]] for r in phase["rows"])
+  assert set(record["phases"]) == {"attention"} and record["environment"]["backend"] == "cpu"
+
+
+def test_exhausted_budget_skips_phases_with_a_reason(tmp_path):
+  assert gpu_suite.main(["--out", str(tmp_path), "--tiny", "--budget-s", "0.5",
+                         "--only", "steps,profile", "--compile-cache", ""]) == 0
+  phases = json.loads((tmp_path / "gpu_suite.json").read_text())["phases"]
+  assert set(phases) == {"steps", "profile"}
+  assert all("budget left" in p["skipped"] for p in phases.values())
+
+
+def test_op_profile_ranks_the_matmul():
+  x = jnp.ones((256, 256), jnp.float32)
+  fn = jax.jit(lambda a: jnp.tanh(a @ a) + 1.0)
+  compiled = fn.lower(x).compile()
+  run = lambda: compiled(x)
+  run()
+  result = op_profile.top_ops(run, compiled.as_text(), steps=2, top=5)
+  assert result["rows"] and result["per_step_ms"] > 0
+  assert abs(sum(r["share"] for r in result["rows"]) - 1.0) < 1e-6
+  assert any("dot" in r["kind"] or r["kind"] == "dot" for r in result["rows"])
+  assert "| op | kind |" in op_profile.format_table(result)
+  assert op_profile.source_group(
+      "jit(step)/transpose(jvp(VideoClassifier))/encoder/blocks_11/attn/qkv/dot_general"
+  ) == "bwd encoder/blocks_*/attn/dot_general"
+
+
+@pytest.mark.slow
+def test_tiny_suite_runs_every_phase(tmp_path):
+  """bench/gpu_suite.sh end to end in its CPU smoke mode (minutes on 2 cores)."""
+  env = dict(os.environ, OUT=str(tmp_path), SUITE_TINY="1", SUITE_BUDGET_S="900",
+             SUITE_TIMEOUT_S="1000", PYTHON=sys.executable)
+  proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_suite.sh")], env=env,
+                        capture_output=True, text=True, timeout=1100, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  phases = json.loads((tmp_path / "gpu_suite.json").read_text())["phases"]
+  assert phases["attention"]["all_pass"]
+  steps = {r["case"]: r for r in phases["steps"]["rows"]}
+  assert set(steps) == {"finetune", "pretrain"} and steps["finetune"]["jax_s"] > 0
+  assert steps["pretrain"]["torch_s"] > 0
+  assert phases["max_batch"]["largest_fitting_batch"] >= 2
+  assert len(phases["profile"]["rows"]) == 15
+  assert (tmp_path / "profile_top15.md").exists()
