@@ -65,6 +65,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import cv2
@@ -704,7 +705,8 @@ class _ShardWriter:
   def __init__(self, out_dir: str, plan: ShardPlan, options: PrepareOptions):
     self.plan = plan
     self.final = _in(out_dir, plan.name)
-    self.tmp = f"{self.final}.tmp-{os.getpid()}"
+    # Unique per attempt: a distributed runner may retry a shard on another machine meanwhile.
+    self.tmp = f"{self.final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     self.writer = records.TFRecordWriter(self.tmp)
     self.meta: list[dict] = []
     self.skipped: list[dict] = []
@@ -831,13 +833,31 @@ def write_dataset_info(out_dir: str, inputs: Inputs, options: PrepareOptions) ->
   return info
 
 
-def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
-            num_shards: Optional[int] = None, clips_per_shard: int = 256, workers: int = 1,
-            strict: bool = False, say: Callable[[str], None] = print) -> dict:
-  """Builds (or completes) the shards for `inputs` in `out_dir`; returns the report dict.
+@dataclasses.dataclass
+class BuildState:
+  """What a build (local pool or Beam) works from: the plan and the shards already finished.
+
+  Attributes:
+    plans: every shard of the splits being written, in output order.
+    done: shard name -> index of each shard already finished (resumed, or written now).
+    todo: the shards still to write, in plan order.
+    start: `time.time()` when the build began.
+  """
+  plans: list[ShardPlan]
+  done: dict[str, dict]
+  todo: list[ShardPlan]
+  start: float
+
+
+def start_build(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
+                num_shards: Optional[int] = None, clips_per_shard: int = 256,
+                say: Callable[[str], None] = print) -> BuildState:
+  """Plans the shards of `inputs` in `out_dir` and finds those a previous run finished.
+
+  Also removes the previous run's report and stale temporaries / shards of another count.
 
   Raises:
-    StrictStop: with `strict`, at the first input that cannot be used.
+    ValueError: invalid options, shard counts or output URL.
   """
   options.validate()
   out_dir = check_out_dir(out_dir)
@@ -845,10 +865,10 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
     raise ValueError("--num-shards and --clips-per-shard must be >= 1")
   start = time.time()
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  report_path = _in(out_dir, REPORT_FILE)
-  if epath.Path(report_path).exists():
+  report_path = epath.Path(_in(out_dir, REPORT_FILE))
+  if report_path.exists():
     # A stopped run must not leave the previous run's report behind.
-    epath.Path(report_path).unlink()
+    report_path.unlink()
   plans = plan_shards(inputs.tasks, options, num_shards, clips_per_shard)
   remove_stale(out_dir, plans, say)
   done: dict[str, dict] = {}
@@ -861,41 +881,62 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
       todo.append(plan)
   if done:
     say(f"resuming: keeping {len(done)} finished shard(s), writing {len(todo)}")
-  jobs = [(task, options) for plan in todo for task in plan.tasks]
-  total = len(jobs)
-  written_now = 0
-  last_note = time.time()
-  results = _run_jobs(jobs, workers)
-  writer = None
+  return BuildState(plans, done, todo, start)
+
+
+def write_shard(out_dir: str, plan: ShardPlan, options: PrepareOptions, results: Iterator, *,
+                strict: bool = False,
+                on_clip: Optional[Callable[[str], None]] = None) -> dict:
+  """Writes one shard from the `process_clip` results of its tasks, in task order.
+
+  Args:
+    results: an iterator yielding one `process_clip` result per task of `plan`, in order; exactly
+      `len(plan.tasks)` items are taken from it.
+    on_clip: called with each result's status ("ok" / "skip").
+
+  Returns:
+    The shard's index (also written beside the shard). Unusable clips are listed in its
+    "skipped".
+
+  Raises:
+    StrictStop: with `strict`, at the first unusable clip (the shard is then not written).
+  """
+  writer = _ShardWriter(out_dir, plan, options)
   try:
-    for plan in todo:
-      writer = _ShardWriter(out_dir, plan, options)
-      for task in plan.tasks:
-        status, payload, meta = next(results)
-        if status == "ok":
-          writer.add(task, payload, meta)
-          written_now += 1
-        else:
-          if strict:
-            raise StrictStop(task.path, payload)
-          writer.skipped.append({"source": task.path, "reason": payload})
-        if time.time() - last_note > 10:
-          last_note = time.time()
-          rate = written_now / max(last_note - start, 1e-9)
-          say(f"  {written_now}/{total} clips ({rate:.2f} clips/s)")
-      done[plan.name] = writer.finish()
-      writer = None
-  finally:
-    if writer is not None:
-      writer.abort()
-    results.close()
-  elapsed = time.time() - start
+    for task in plan.tasks:
+      status, payload, meta = next(results)
+      if status == "ok":
+        writer.add(task, payload, meta)
+      else:
+        if strict:
+          raise StrictStop(task.path, payload)
+        writer.skipped.append({"source": task.path, "reason": payload})
+      if on_clip is not None:
+        on_clip(status)
+    return writer.finish()
+  except BaseException:
+    writer.abort()
+    raise
+
+
+def finish_build(out_dir: str, inputs: Inputs, options: PrepareOptions, state: BuildState,
+                 written_now: int) -> dict:
+  """Writes dataset_info.json and prepare_report.json once every planned shard is finished.
+
+  Args:
+    state: with an index in `state.done` for every plan.
+    written_now: clips encoded by this run (not counting resumed shards).
+
+  Returns:
+    The report dict (as written to prepare_report.json).
+  """
+  elapsed = time.time() - state.start
   skipped = list(inputs.skipped)
   splits: dict[str, int] = {}
   face_fracs = []
   written = set()
-  for plan in plans:
-    index = done[plan.name]
+  for plan in state.plans:
+    index = state.done[plan.name]
     skipped += index.get("skipped", [])
     splits[plan.split] = splits.get(plan.split, 0) + index["num_records"]
     face_fracs += index.get("face_detected_fraction", [])
@@ -906,14 +947,14 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
              for kind, found in (("missing_values", inputs.missing_values),
                                  ("missing_labels", inputs.missing_labels))}
   write_dataset_info(out_dir, inputs, options)
+  todo = [p.name for p in state.todo]
   report = {
       "written": sum(splits.values()),
       "skipped": skipped,
       "splits": splits,
       **missing,
       "newly_encoded": written_now,
-      "shards": {"kept": sorted(set(done) - {p.name for p in todo}),
-                 "written": [p.name for p in todo]},
+      "shards": {"kept": sorted(set(state.done) - set(todo)), "written": todo},
       "seconds": round(elapsed, 3),
       "clips_per_second": round(written_now / elapsed, 3) if elapsed > 0 else None,
   }
@@ -922,8 +963,42 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
         "mean_detected_fraction": round(float(np.mean(face_fracs)), 4) if face_fracs else None,
         "clips_without_face": int(sum(1 for f in face_fracs if f == 0.0)),
     }
-  records.write_json_atomic(report_path, report)
+  records.write_json_atomic(_in(out_dir, REPORT_FILE), report)
   return report
+
+
+def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
+            num_shards: Optional[int] = None, clips_per_shard: int = 256, workers: int = 1,
+            strict: bool = False, say: Callable[[str], None] = print) -> dict:
+  """Builds (or completes) the shards for `inputs` in `out_dir` with a process pool.
+
+  Returns:
+    The report dict (as written to prepare_report.json).
+
+  Raises:
+    StrictStop: with `strict`, at the first input that cannot be used.
+  """
+  state = start_build(out_dir, inputs, options, num_shards=num_shards,
+                      clips_per_shard=clips_per_shard, say=say)
+  jobs = [(task, options) for plan in state.todo for task in plan.tasks]
+  total = len(jobs)
+  progress = {"written": 0, "last_note": time.time()}
+
+  def note(status: str) -> None:
+    progress["written"] += status == "ok"
+    if time.time() - progress["last_note"] > 10:
+      progress["last_note"] = time.time()
+      rate = progress["written"] / max(progress["last_note"] - state.start, 1e-9)
+      say(f"  {progress['written']}/{total} clips ({rate:.2f} clips/s)")
+
+  results = _run_jobs(jobs, workers)
+  try:
+    for plan in state.todo:
+      state.done[plan.name] = write_shard(out_dir, plan, options, results, strict=strict,
+                                          on_clip=note)
+  finally:
+    results.close()
+  return finish_build(out_dir, inputs, options, state, progress["written"])
 
 
 def summary_text(report: dict, out_dir: str) -> str:
