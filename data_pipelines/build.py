@@ -1083,7 +1083,15 @@ def build_parser() -> argparse.ArgumentParser:
   shards.add_argument("--num-shards", type=int, help="shards per split")
   shards.add_argument("--clips-per-shard", type=int, default=256,
                       help="sets the shard count when --num-shards is not given")
-  out.add_argument("--workers", type=int, default=1, help="decoding processes")
+  out.add_argument("--workers", type=int, default=1,
+                   help="decoding processes (with --runner beam: DirectRunner processes)")
+  out.add_argument("--runner", choices=("local", "beam"), default="local",
+                   help="local: a process pool on this machine; beam: an Apache Beam pipeline "
+                        "(the same clips, shards and report; pip install -e .[beam])")
+  out.add_argument("--beam-options", default="", metavar="FLAGS",
+                   help="Beam pipeline flags for --runner beam, one quoted string, e.g. "
+                        "\"--runner=DataflowRunner --project=P --region=R "
+                        "--temp_location=gs://b/tmp\" (default: DirectRunner, multi-process)")
   out.add_argument("--strict", action="store_true", help="stop at the first bad input")
   out.add_argument("--quiet", action="store_true", help="print nothing but errors")
   return p
@@ -1098,6 +1106,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     parser.error("give at least one input: --list, --regression, --src-dir or --recipe")
   if args.recipe and not args.src:
     parser.error(f"--recipe {args.recipe} needs --src RAW_DATASET_DIR (the dataset's root)")
+  if args.beam_options and args.runner != "beam":
+    parser.error("--beam-options is for --runner beam")
   if args.src and not args.recipe:
     parser.error("--src is the raw dataset root for --recipe; for a plain tree of videos use "
                  "--src-dir")
@@ -1134,9 +1144,19 @@ def main(argv: Sequence[str]) -> int:
       for s in inputs.skipped[:20]:
         print(f"  {s['source']}: {s['reason']}", file=sys.stderr)
       return 1
-    report = prepare(args.out, inputs, options, num_shards=args.num_shards,
-                     clips_per_shard=args.clips_per_shard, workers=args.workers,
-                     strict=args.strict, say=say)
+    if args.runner == "beam":
+      from data_pipelines import beam_build  # pylint: disable=import-outside-toplevel
+      try:
+        report = beam_build.prepare(args.out, inputs, options, num_shards=args.num_shards,
+                                    clips_per_shard=args.clips_per_shard, workers=args.workers,
+                                    strict=args.strict, beam_options=args.beam_options, say=say)
+      except (beam_build.BeamUnavailable, beam_build.PipelineIncomplete) as e:
+        print(f"prepare: {e}", file=sys.stderr)
+        return 1
+    else:
+      report = prepare(args.out, inputs, options, num_shards=args.num_shards,
+                       clips_per_shard=args.clips_per_shard, workers=args.workers,
+                       strict=args.strict, say=say)
   except StrictStop as e:
     print(f"prepare --strict: stopped at the first bad input: {e.source}: {e.reason}",
           file=sys.stderr)
