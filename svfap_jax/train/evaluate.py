@@ -4,6 +4,7 @@ the clips and the (small) per-view results are gathered before aggregation."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 from typing import Optional, Sequence
@@ -17,7 +18,6 @@ from svfap_jax import metrics as metrics_lib
 from svfap_jax import sharding
 from svfap_jax.train import steps
 
-_STEP_CACHE: dict = {}
 _ROUNDED: set = set()
 
 
@@ -65,11 +65,16 @@ def _as_str(clip_id) -> str:
   return clip_id.decode("utf-8") if isinstance(clip_id, bytes) else str(clip_id)
 
 
+@functools.lru_cache(maxsize=16)
 def _eval_fn(module, task: str, mesh):
-  key = (id(module), task, id(mesh))
-  if key not in _STEP_CACHE:
-    _STEP_CACHE[key] = jax.jit(steps.make_eval_step(module, task=task))
-  return _STEP_CACHE[key]
+  """The jitted evaluation step of `module`, compiled once per (module, task, mesh) value.
+
+  Flax modules and meshes hash and compare by their fields, so an equal module rebuilt later (a
+  new Trainer, `evaluate` after training) reuses the compiled step, and a different module never
+  gets another's step, as it could with object ids, which are reused after garbage collection.
+  The bound keeps the cached modules and meshes from piling up over long sessions.
+  """
+  return jax.jit(steps.make_eval_step(module, task=task))
 
 
 def batch_rows(config, mesh) -> int:
