@@ -131,6 +131,9 @@ def pipeline_options(beam_options: Sequence[str] | str = (), workers: int = 1):
       direct.direct_running_mode = "multi_processing"
     if not any(f.startswith("--direct_num_workers") for f in flags):
       direct.direct_num_workers = max(1, int(workers))
+    if not any(f.startswith("--default_sdk_harness_log_level") for f in flags):
+      # Local worker processes print on our terminal: their INFO lines would bury the summary.
+      opts.view_as(po.WorkerOptions).default_sdk_harness_log_level = "ERROR"
   return opts
 
 
@@ -140,7 +143,7 @@ def _unknown_flags(opts, flags: Sequence[str]) -> list[str]:
   for f in flags:
     if f.startswith("--"):
       name = f[2:].split("=", 1)[0].replace("-", "_")
-      if name not in known and not name.startswith("no_"):
+      if name not in known and not (name.startswith("no_") and name[3:] in known):
         unknown.append(f.split("=", 1)[0])
   return unknown
 

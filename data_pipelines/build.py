@@ -1129,7 +1129,13 @@ def options_from_args(args: argparse.Namespace) -> PrepareOptions:
 def main(argv: Sequence[str]) -> int:
   """`prepare` entry point; returns the process exit code."""
   parser = build_parser()
-  args = parser.parse_args(list(argv))
+  argv = list(argv)
+  # The value of --beam-options is itself flags ("--runner=DataflowRunner ..."), which argparse
+  # would take for options of ours; bound to the flag with "=", it stays one value.
+  while "--beam-options" in argv[:-1]:
+    i = argv.index("--beam-options")
+    argv[i:i + 2] = [f"--beam-options={argv[i + 1]}"]
+  args = parser.parse_args(argv)
   check_args(parser, args)
   say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
   try:
