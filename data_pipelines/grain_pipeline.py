@@ -22,28 +22,47 @@ Kinds and the batches they yield (B = batch_size, T = num_frames, K = number of 
   test       like eval with num_segments x num_crops views per clip
 
 Training kinds repeat (num_epochs=None) with a new shuffle every epoch and drop the last partial
-batch. Evaluation kinds make one pass and pad: every process yields exactly `ds.num_batches`
-batches, whatever its shard holds, so multi-host evaluation steps stay in lockstep.
+batch. They read one global record stream whatever the process count: the stream one process
+would read alone (same seed), cut into global batches of `batch_size * shard_count` rows, of which
+each process reads only the rows its devices hold (`rows`, see `process_rows`). So
+
+  * 1 process x 8 devices and 2 processes x 4 devices train on identical global batches (same
+    clips, same temporal windows and crops: the per-record random draws are keyed by the record's
+    position in the global stream), and within an epoch processes read disjoint records;
+  * a position in the stream is a record count, valid for any process count: a run resumed with
+    another number of processes continues at `start_record` where the old run stopped.
+
+Evaluation kinds are order-free (every clip is scored once): every process scores its strided
+shard of the clips, padded so that every process yields exactly `ds.num_batches` batches, whatever
+its shard holds, and multi-host evaluation steps stay in lockstep.
 
 Only the sampled frames of a clip are decoded. Decoding runs in `worker_count` grain worker
 processes (0: in this process). Records that fail their checksum or do not decode are never
 returned: training kinds skip them, evaluation kinds emit them as masked-out rows; both count them
 in `iterator.corrupt_records` and log the running total.
+
+Setting the environment variable SVFAP_DATA_AUDIT to a directory makes every process append the
+record numbers of each training batch it consumes to `<dir>/process_<i>.jsonl` (one JSON list per
+line).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 from typing import Any, Optional, Sequence
 
 import grain
 import numpy as np
 
 from data_pipelines import records
+from data_pipelines import video_io
 
 log = logging.getLogger(__name__)
 
+AUDIT_ENV = "SVFAP_DATA_AUDIT"
 KINDS = ("pretrain", "finetune", "eval", "test")
 # Training gives up when this many records in a row fail to read.
 MAX_CONSECUTIVE_CORRUPT = 100
@@ -134,36 +153,14 @@ def segment_windows(num_frames: int, clip_len: int, rate: int,
 
 
 # ------------------------------------------------------------------------------------------------
-# Spatial crops (host side, numpy/OpenCV on whole (T, H, W, 3) uint8 clips).
+# Spatial crops (host side, numpy/OpenCV on whole (T, H, W, 3) uint8 clips; resizing is
+# `video_io.resize` / `resize_short_side`, the same as `prepare` stores frames with).
 # ------------------------------------------------------------------------------------------------
-
-
-def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-  import cv2  # pylint: disable=g-import-not-at-top
-  t, h, w, c = frames.shape
-  if (h, w) == (height, width):
-    return frames
-  # Area averaging when shrinking keeps fine detail from aliasing; bilinear when enlarging.
-  interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
-  out = np.empty((t, height, width, c), np.uint8)
-  for i in range(t):
-    cv2.resize(frames[i], (width, height), dst=out[i], interpolation=interp)
-  return out
-
-
-def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
-  """Scales (T, H, W, 3) frames so that min(H, W) == size, keeping the aspect ratio."""
-  h, w = frames.shape[1:3]
-  if min(h, w) == size:
-    return frames
-  if h <= w:
-    return _resize(frames, size, max(size, int(round(w * size / h))))
-  return _resize(frames, max(size, int(round(h * size / w))), size)
 
 
 def _at_least(frames: np.ndarray, size: int) -> np.ndarray:
   """Enlarges frames whose short side is below `size` (rare odd clips) so a crop fits."""
-  return resize_short_side(frames, size) if min(frames.shape[1:3]) < size else frames
+  return video_io.resize_short_side(frames, size) if min(frames.shape[1:3]) < size else frames
 
 
 def centre_crop(frames: np.ndarray, size: int) -> np.ndarray:
@@ -214,7 +211,7 @@ def multiscale_crop(frames: np.ndarray, out_size: int, rng: np.random.Generator,
                     scales: Sequence[float] = MULTISCALE_SCALES) -> np.ndarray:
   """Multi-scale crop resized to (out_size, out_size); the same box for every frame."""
   top, left, ch, cw = multiscale_crop_box(frames.shape[1], frames.shape[2], out_size, rng, scales)
-  return _resize(frames[:, top:top + ch, left:left + cw], out_size, out_size)
+  return video_io.resize(frames[:, top:top + ch, left:left + cw], out_size, out_size)
 
 
 def long_side_crops(frames: np.ndarray, size: int, num_crops: int) -> list[np.ndarray]:
@@ -377,7 +374,7 @@ class _ClipReader:
   def _crop_train(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cfg = self.config
     if self.resize:
-      frames = resize_short_side(frames, self.resize)
+      frames = video_io.resize_short_side(frames, self.resize)
     if cfg.kind == "pretrain":
       if cfg.pretrain_crop == "multiscale":
         return multiscale_crop(frames, cfg.img_size, rng)
@@ -408,7 +405,7 @@ class _ClipReader:
       out = []
       for frames in self._decode(clip, windows):
         if self.resize:
-          frames = resize_short_side(frames, self.resize)
+          frames = video_io.resize_short_side(frames, self.resize)
         for crop in long_side_crops(frames, cfg.img_size, cfg.num_crops):
           example = self._example(clip, crop, index)
           example.update(id=clip["id"], view=np.int32(len(out)),
@@ -487,7 +484,8 @@ class ClipPipeline(grain.IterDataset):
   Attributes:
     config: the resolved `PipelineConfig`.
     metadata: the dataset's `DatasetMetadata`.
-    num_records: records in this process's shard.
+    num_records: records this process reads per pass (training: per epoch of the global stream;
+      evaluation: its shard, padding not counted).
     num_batches: batches per pass for evaluation kinds (equal on every process); None for
       training kinds, which repeat or drop remainders.
   """
@@ -542,6 +540,95 @@ class ClipPipelineIterator(grain.DatasetIterator):
 
 
 # ------------------------------------------------------------------------------------------------
+# The global training stream: which rows of each global batch this process reads.
+# ------------------------------------------------------------------------------------------------
+
+
+class _GlobalRows(grain.MapDataset):
+  """Picks one process's records out of the global record stream.
+
+  The parent is the global stream, cut into global batches of `per_batch` records; element k of
+  this dataset is parent record `start + (k // len(slots)) * per_batch + slots[k % len(slots)]`.
+  """
+
+  def __init__(self, parent: grain.MapDataset, per_batch: int, slots: Sequence[int], start: int):
+    super().__init__(parent)
+    self._per_batch = int(per_batch)
+    self._slots = tuple(int(s) for s in slots)
+    self._start = int(start)
+    batches = max(len(parent) - self._start, 0) // self._per_batch
+    self._length = batches * len(self._slots)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, index: int) -> int:
+    batch, slot = divmod(index, len(self._slots))
+    return self._start + batch * self._per_batch + self._slots[slot]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def _getitems(self, indices: Sequence[int]):
+    parent_indices = [self._parent_index(i) for i in indices]
+    return self._parent._getitems(parent_indices)  # pylint: disable=protected-access
+
+  def __str__(self) -> str:
+    return (f"GlobalRows(per_batch={self._per_batch}, slots={len(self._slots)}, "
+            f"start={self._start})")
+
+
+class _Audit:
+  """Appends each consumed batch's record numbers to a per-process JSON-lines file."""
+
+  def __init__(self, directory: str, shard_index: int):
+    self.path = os.path.join(directory, f"process_{shard_index}.jsonl")
+    os.makedirs(directory, exist_ok=True)
+
+  def __call__(self, batch: dict) -> dict:
+    with open(self.path, "a") as f:
+      f.write(json.dumps([int(i) for i in np.asarray(batch["index"])]) + "\n")
+    return batch
+
+
+def contiguous_rows(shard_index: int, batch_size: int) -> list[int]:
+  """Rows of the global batch held by process `shard_index` when processes own equal blocks."""
+  return list(range(shard_index * batch_size, (shard_index + 1) * batch_size))
+
+
+def process_rows(batch_sharding, global_batch_size: int) -> list[int]:
+  """Rows of a (global_batch_size, ...) array laid out by `batch_sharding` that live on devices
+  of this process: the rows this process must feed to `jax.make_array_from_process_local_data`,
+  in the order it expects them."""
+  rows = set()
+  for index in batch_sharding.addressable_devices_indices_map((global_batch_size,)).values():
+    rows.update(range(*index[0].indices(global_batch_size)))
+  return sorted(rows)
+
+
+def record_slots(rows: Sequence[int], batch_size: int, views: int) -> list[int]:
+  """Positions, within a global batch of records, of the records behind this process's rows.
+
+  Each record becomes `views` consecutive rows, so a process must hold whole groups of them.
+
+  Raises:
+    ValueError: the rows do not number `batch_size` or split a record's views across processes.
+  """
+  rows = sorted(int(r) for r in rows)
+  if len(rows) != batch_size or len(set(rows)) != batch_size:
+    raise ValueError(f"{len(rows)} distinct rows given for a per-process batch of {batch_size}")
+  if batch_size % views:
+    raise ValueError(f"per-process batch {batch_size} is not a multiple of data.num_views="
+                     f"{views}: a clip's views would be split between processes")
+  slots = sorted({r // views for r in rows})
+  if len(slots) * views != batch_size:
+    raise ValueError(f"rows {rows} split the {views} views of some clips between processes")
+  return slots
+
+
+# ------------------------------------------------------------------------------------------------
 # Construction.
 # ------------------------------------------------------------------------------------------------
 
@@ -578,9 +665,9 @@ class _PadBatch:
     return _stack(elements)
 
 
-def _process_seed(seed: int, shard_index: int) -> int:
-  # Processes draw independent augmentations for the same position in their shards.
-  return int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
+def _stream_seed(seed: int) -> int:
+  # The seed single-process runs have always drawn with, so their data order stays the same.
+  return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
 
 
 def _resolve_shard(shard_index: Optional[int], shard_count: Optional[int]) -> tuple[int, int]:
@@ -595,6 +682,7 @@ def make_pipeline(kind: str, dataset_dir: str, split: str, *, batch_size: int, n
                   sampling_rate: int = 4, img_size: int = 160, seed: int = 0,
                   shard_index: Optional[int] = None, shard_count: Optional[int] = None,
                   worker_count: int = 0, num_epochs: Optional[int] = None,
+                  rows: Optional[Sequence[int]] = None, start_record: int = 0,
                   **options) -> ClipPipeline:
   """Builds a batched grain pipeline over one split of a prepared dataset.
 
@@ -602,16 +690,22 @@ def make_pipeline(kind: str, dataset_dir: str, split: str, *, batch_size: int, n
     kind: "pretrain", "finetune" (training), "eval" (one centre view) or "test" (multi-view).
     dataset_dir: prepared dataset directory.
     split: split name ("train", "test", ...).
-    batch_size: rows per batch (views, for pretrain with num_views > 1).
+    batch_size: rows per batch of this process (views, for pretrain with num_views > 1); for
+      training kinds the global batch is batch_size * shard_count rows.
     num_frames: frames per view.
     sampling_rate: stride between sampled frames.
     img_size: model input side; the output side of pretrain/eval/test views.
-    seed: shuffling and augmentation seed (combined with the shard index).
-    shard_index: this process's shard; default `jax.process_index()`.
-    shard_count: number of shards; default `jax.process_count()`.
+    seed: shuffling and augmentation seed of the global training stream.
+    shard_index: this process's index; default `jax.process_index()`.
+    shard_count: number of processes; default `jax.process_count()`.
     worker_count: grain worker processes decoding clips (0: decode in this process).
     num_epochs: training epochs before the iterator ends (None: repeat forever). Evaluation kinds
       always make one pass.
+    rows: training kinds: the rows of each global batch that this process's devices hold
+      (`process_rows`); default the contiguous block `contiguous_rows(shard_index, batch_size)`.
+    start_record: training kinds: position in the global record stream to start from (a
+      multiple of the global batch's record count; records, not rows, when pretraining with
+      num_views > 1).
     **options: further `PipelineConfig` fields:
       shuffle (True; training kinds) - reshuffle the shard every epoch.
       pretrain_crop ("fixed") - "fixed": VoxCeleb2 upper-centre img_size crop; "multiscale":
@@ -634,6 +728,11 @@ def make_pipeline(kind: str, dataset_dir: str, split: str, *, batch_size: int, n
   Returns:
     A `ClipPipeline`; `iter()` it for a `ClipPipelineIterator` of batch dicts (see the module
     docstring for their fields).
+
+  Raises:
+    TypeError: an unknown option.
+    ValueError: invalid options, an empty split, `rows` that split a clip's views between
+      processes, or `rows`/`start_record` given for an evaluation kind.
   """
   unknown = set(options) - _OPTION_NAMES
   if unknown:
@@ -668,25 +767,18 @@ def make_pipeline(kind: str, dataset_dir: str, split: str, *, batch_size: int, n
   n = len(source)
   if not n:
     raise ValueError(f"{source} holds no records")
-  local = grain.MapDataset.range(n)[shard_index::shard_count]
-  num_records = len(local)
   if kind in TRAIN_KINDS:
-    if not num_records:
-      raise ValueError(f"shard {shard_index} of {shard_count} of {source} holds no records")
-    ds = local.seed(_process_seed(seed, shard_index))
-    if config.shuffle:
-      ds = ds.shuffle()
-    ds = ds.repeat(num_epochs).random_map(reader.train_views)
-    it = ds.to_iter_dataset(read_options)
-    it = grain.experimental.FlatMapIterDataset(it, _SplitViews(config.views_per_clip))
-    it = _SkipCorruptIterDataset(it)
-    # Batching inside the workers ships whole batches through shared memory.
-    it = it.batch(batch_size, drop_remainder=True)
-    it = it.mp_prefetch(mp_options, worker_init_fn=_init_worker)
+    it, num_records = _train_stream(reader, config, n, rows, start_record, read_options,
+                                    mp_options)
     num_batches = None
   else:
-    # Every process pads its shard to the largest shard's size, so all make the same number of
-    # batches; indices >= n stand for padding clips.
+    if rows is not None or start_record:
+      raise ValueError(f"kind={kind!r}: rows and start_record select rows of the training "
+                       "stream; evaluation reads every clip once")
+    # Every process pads its strided shard to the largest shard's size, so all make the same
+    # number of batches; indices >= n stand for padding clips.
+    local = grain.MapDataset.range(n)[shard_index::shard_count]
+    num_records = len(local)
     target = -(-n // shard_count)
     parts = [local] if num_records else []
     if target > num_records:
@@ -702,4 +794,33 @@ def make_pipeline(kind: str, dataset_dir: str, split: str, *, batch_size: int, n
   if worker_count == 0 and config.prefetch_batches:
     it = grain.experimental.ThreadPrefetchIterDataset(
         it, prefetch_buffer_size=config.prefetch_batches)
+  audit = os.environ.get(AUDIT_ENV) if kind in TRAIN_KINDS else None
+  if audit:
+    it = it.map(_Audit(audit, shard_index))
   return ClipPipeline(it, config, metadata, num_records, num_batches)
+
+
+def _train_stream(reader: _ClipReader, config: PipelineConfig, n: int,
+                  rows: Optional[Sequence[int]], start_record: int,
+                  read_options: grain.ReadOptions, mp_options: grain.MultiprocessingOptions
+                  ) -> tuple[grain.IterDataset, int]:
+  """This process's batches of the global training stream, and its records per pass."""
+  batch_size, shard_count, views = config.batch_size, config.shard_count, config.views_per_clip
+  if start_record < 0:
+    raise ValueError(f"start_record={start_record} must be >= 0")
+  ds = grain.MapDataset.range(n).seed(_stream_seed(config.seed))
+  if config.shuffle:
+    ds = ds.shuffle()
+  ds = ds.repeat(config.num_epochs).random_map(reader.train_views)
+  num_records = n
+  if shard_count > 1 or start_record > 0:
+    rows = contiguous_rows(config.shard_index, batch_size) if rows is None else rows
+    slots = record_slots(rows, batch_size, views)
+    ds = _GlobalRows(ds, batch_size * shard_count // views, slots, start_record)
+    num_records = len(slots) * (n * views // (batch_size * shard_count))
+  it = ds.to_iter_dataset(read_options)
+  it = grain.experimental.FlatMapIterDataset(it, _SplitViews(views))
+  it = _SkipCorruptIterDataset(it)
+  # Batching inside the workers ships whole batches through shared memory.
+  it = it.batch(batch_size, drop_remainder=True)
+  return it.mp_prefetch(mp_options, worker_init_fn=_init_worker), num_records

@@ -79,28 +79,37 @@ def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
   return max(1, round(height * short_side / width)), short_side
 
 
-def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
-  """Resizes so the shorter side is `short_side` (area filter down, bilinear up)."""
-  h, w = frame.shape[:2]
-  nh, nw = resized_shape(h, w, short_side)
-  if (nh, nw) == (h, w):
-    return frame
-  interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
-  return cv2.resize(frame, (nw, nh), interpolation=interp)
+def resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+  """One uint8 frame (H, W, C) or a stack (T, H, W, C) resized to (height, width).
+
+  Area averaging when the picture shrinks (fine detail would alias otherwise), bilinear when it
+  grows. Returns the input itself when the size already matches.
+  """
+  h, w = frames.shape[-3:-1]
+  if (h, w) == (height, width):
+    return frames
+  interp = cv2.INTER_AREA if height * width < h * w else cv2.INTER_LINEAR
+  if frames.ndim == 3:
+    return cv2.resize(frames, (width, height), interpolation=interp)
+  out = np.empty((len(frames), height, width, frames.shape[-1]), frames.dtype)
+  for i, frame in enumerate(frames):
+    cv2.resize(frame, (width, height), dst=out[i], interpolation=interp)
+  return out
+
+
+def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
+  """A frame (H, W, C) or a stack (T, H, W, C) with the shorter side scaled to `short_side`.
+
+  The aspect ratio is kept (the long side rounded); see `resize` for the filters.
+  """
+  h, w = frames.shape[-3:-1]
+  return resize(frames, *resized_shape(h, w, short_side))
 
 
 def _cap_short_side(frame: np.ndarray, cap: Optional[int]) -> np.ndarray:
   if cap is None or min(frame.shape[:2]) <= cap:
     return frame
   return resize_short_side(frame, cap)
-
-
-def _resize_to(frame: np.ndarray, height: int, width: int) -> np.ndarray:
-  h, w = frame.shape[:2]
-  if (h, w) == (height, width):
-    return frame
-  interp = cv2.INTER_AREA if h * w > height * width else cv2.INTER_LINEAR
-  return cv2.resize(frame, (width, height), interpolation=interp)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,7 +306,7 @@ def _collect(timed: Iterator[tuple[float, Any]], convert: Callable[[Any], np.nda
       size = frame.shape[:2]
     else:
       # A stream that changes resolution mid-way is shown scaled to one window.
-      frame = _resize_to(frame, *size)
+      frame = resize(frame, *size)
     frames.append(frame)
     times.append(t)
 

@@ -10,6 +10,7 @@ import pytest
 from data_pipelines import grain_pipeline as gp
 from data_pipelines import records
 from data_pipelines import synthetic
+from data_pipelines import video_io
 
 # Frames per clip of the counter dataset; frame i of every clip is a flat image of value 8 * i,
 # so the decoded value tells which frame was sampled.
@@ -156,16 +157,21 @@ def test_eval_and_test_windows_views_and_padding(counter):
 
 
 def test_shards_are_disjoint_and_cover_the_epoch(counter):
-  seen, orders = [], []
+  # Training: the two processes' rows of each global batch of 2 are the single-process stream.
+  single = [int(b["index"][0]) for b in _pipe("finetune", counter, num_epochs=2,
+                                              train_crop_size=16)]
+  orders = []
   for shard in range(2):
     ds = _pipe("finetune", counter, num_epochs=2, shard_index=shard, shard_count=2,
                train_crop_size=16)
-    idx = [int(b["index"][0]) for b in ds]
-    half = len(idx) // 2
-    assert sorted(idx[:half]) == sorted(idx[half:])  # each epoch is the whole shard
-    seen.append(set(idx[:half]))
-    orders.append(idx)
-  assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(len(LENGTHS)))
+    orders.append([int(b["index"][0]) for b in ds])
+  assert [k for pair in zip(*orders) for k in pair] == single
+  # Within each epoch the processes read disjoint records that cover the split.
+  n = len(LENGTHS)
+  for epoch in range(2):
+    seen = [{k for i, k in enumerate(orders[p]) if epoch * n <= 2 * i + p < (epoch + 1) * n}
+            for p in range(2)]
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(n))
   # Evaluation: same batch count on both processes, real rows partition the split.
   evals = [list(_pipe("eval", counter, batch_size=2, shard_index=s, shard_count=2))
            for s in range(2)]
@@ -273,4 +279,4 @@ def test_multiscale_and_long_side_crop_geometry():
   np.testing.assert_array_equal(crops[0], frames[:, :, 0:10])
   np.testing.assert_array_equal(crops[1], frames[:, :, 3:13])
   np.testing.assert_array_equal(crops[2], frames[:, :, 6:16])
-  assert gp.resize_short_side(frames, 5).shape == (2, 5, 8, 3)
+  assert video_io.resize_short_side(frames, 5).shape == (2, 5, 8, 3)

@@ -228,8 +228,8 @@ def test_resume_with_more_processes(runs, tmp_path):
 
 
 def test_global_stream_matches_single_process_pipeline(dataset):
-  """With one process the global-order pipeline is grain_pipeline's; shards split it exactly."""
-  from data_pipelines import global_order, grain_pipeline
+  """Processes' rows of the global training stream join into the single-process stream."""
+  from data_pipelines import grain_pipeline
   kw = dict(num_frames=16, sampling_rate=2, img_size=64, seed=3, worker_count=0)
 
   def take(ds, n):
@@ -238,12 +238,12 @@ def test_global_stream_matches_single_process_pipeline(dataset):
 
   ref = take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=6,
                                           shard_index=0, shard_count=1, **kw), 4)
-  one = take(global_order.make_pipeline("pretrain", dataset, "train", batch_size=6,
+  one = take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=6,
                                         shard_index=0, shard_count=1, **kw), 4)
-  parts = [take(global_order.make_pipeline("pretrain", dataset, "train", batch_size=2,
+  parts = [take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=2,
                                            shard_index=i, shard_count=3, **kw), 4)
            for i in range(3)]
-  late = take(global_order.make_pipeline("pretrain", dataset, "train", batch_size=2,
+  late = take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=2,
                                          shard_index=2, shard_count=3, start_record=12, **kw), 2)
   for k, (a, b) in enumerate(zip(ref, one)):
     np.testing.assert_array_equal(a["index"], b["index"])
@@ -254,12 +254,12 @@ def test_global_stream_matches_single_process_pipeline(dataset):
   np.testing.assert_array_equal(late[0]["index"], ref[2]["index"][4:])
   np.testing.assert_array_equal(late[1]["video"], ref[3]["video"][4:])
   # Rows the devices of a process hold need not be a contiguous block.
-  assert global_order.record_slots([5, 1, 2, 6], 4, 1) == [1, 2, 5, 6]
-  assert global_order.record_slots([4, 5, 0, 1], 4, 2) == [0, 2]
+  assert grain_pipeline.record_slots([5, 1, 2, 6], 4, 1) == [1, 2, 5, 6]
+  assert grain_pipeline.record_slots([4, 5, 0, 1], 4, 2) == [0, 2]
   with pytest.raises(ValueError, match="split the 2 views"):
-    global_order.record_slots([1, 2, 5, 6], 4, 2)
+    grain_pipeline.record_slots([1, 2, 5, 6], 4, 2)
   with pytest.raises(ValueError, match="not a multiple of data.num_views"):
-    global_order.record_slots([0, 1, 2], 3, 2)
+    grain_pipeline.record_slots([0, 1, 2], 3, 2)
 
 
 # ------------------------------------------------------------------------------------- launchers

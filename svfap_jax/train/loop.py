@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import augment, global_order
+from data_pipelines import augment, grain_pipeline
 from svfap_jax import api, checkpoint, optim, sharding
 from svfap_jax import probe as probe_lib
 from svfap_jax.interop import files, load, mapping
@@ -316,13 +316,13 @@ class Trainer:
                      train_crop_size=config.data.train_crop_size or None,
                      train_crop=config.data.train_crop)
     global_batch = config.batch_size // config.optim.accum_steps
-    dataset = global_order.make_pipeline(
+    dataset = grain_pipeline.make_pipeline(
         kind, self.dataset_dir, config.data.train_split,
         batch_size=global_batch // jax.process_count(),
         num_frames=config.data.num_frames,
         sampling_rate=config.data.sampling_rate, img_size=config.data.img_size,
         seed=config.seed, worker_count=config.data.worker_count,
-        rows=global_order.process_rows(sharding.batch_sharding(self.mesh), global_batch),
+        rows=grain_pipeline.process_rows(sharding.batch_sharding(self.mesh), global_batch),
         start_record=start_record, **options)
     return iter(dataset)
 
