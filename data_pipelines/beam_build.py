@@ -137,6 +137,33 @@ def pipeline_options(beam_options: Sequence[str] | str = (), workers: int = 1):
   return opts
 
 
+def options_to_flags(options=None, runner=None) -> list[str]:
+  """Beam flags that rebuild `options` (a `PipelineOptions`, e.g. TFDS's `beam_options`).
+
+  Args:
+    options: the options; None for none.
+    runner: a runner instance or name, used when `options` names no runner.
+  """
+  flags = []
+  values = {}
+  if options is not None:
+    values = options.get_all_options(drop_default=True, retain_unknown_options=True)
+  if runner is not None and not values.get("runner"):
+    values["runner"] = runner if isinstance(runner, str) else type(runner).__name__
+  for key, value in sorted(values.items()):
+    if value is None or value is False:
+      continue
+    if value is True:
+      flags.append(f"--{key}")
+    elif isinstance(value, (list, tuple)):
+      flags += [f"--{key}={v}" for v in value]
+    elif isinstance(value, dict):
+      flags.append(f"--{key}={json.dumps(value)}")
+    else:
+      flags.append(f"--{key}={value}")
+  return flags
+
+
 def _unknown_flags(opts, flags: Sequence[str]) -> list[str]:
   known = set(opts.get_all_options(retain_unknown_options=False))
   unknown = []

@@ -28,6 +28,10 @@ Usage (through `python -m svfap_jax prepare ...`, or `main(argv)`):
   # --out may be a URL (gs://bucket/dir, ...): every shard, index, dataset_info.json and
   # prepare_report.json is written, and a re-run's resume scan read, through etils.epath.
   prepare --recipe voxceleb2 --src /data/voxceleb2 --out gs://bucket/vox2
+  # Lists, and the clips they name, may be URLs too: lists are read, and each clip is copied to
+  # a temporary local file (or folder) for decoding, through etils.epath. Relative paths in a
+  # list at a URL resolve against the list's folder there.
+  prepare --list train=gs://bucket/vox2/train.txt --out gs://bucket/vox2_prepared
 
   # Any tree of videos / frame folders; the label is the parent folder's name when it is one of
   # --label-names (case-insensitive), else -1.
@@ -57,13 +61,16 @@ Behaviour:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
+import posixpath
 import re
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -222,15 +229,28 @@ def split_arg(arg: str, default_split: str) -> tuple[str, str]:
   return default_split, arg
 
 
+def _list_dir(list_path: str) -> str:
+  """The folder a list's relative paths are resolved against (a URL for a list at a URL)."""
+  if not records.is_local(list_path):
+    return list_path.rsplit("/", 1)[0]
+  return os.path.dirname(os.path.abspath(list_path))
+
+
 def _resolve(path: str, base_dir: str) -> str:
+  if not records.is_local(path):
+    return path  # a URL (gs://...) names the clip as it is
+  if not records.is_local(base_dir):
+    scheme, rest = base_dir.split("://", 1)
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
   path = os.path.expanduser(path)
   return os.path.normpath(path if os.path.isabs(path) else os.path.join(base_dir, path))
 
 
 def _read_lines(path: str) -> Iterator[tuple[int, str]]:
-  if not os.path.isfile(path):
+  """(line number, text) of the non-empty, non-comment lines of a list (a path or a URL)."""
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f"list file {path} does not exist")
-  with open(path, encoding="utf-8-sig") as f:
+  with epath.Path(path).open("r", encoding="utf-8-sig") as f:
     for line_no, line in enumerate(f, 1):
       line = line.strip()
       if line and not line.startswith("#"):
@@ -247,7 +267,7 @@ def read_label_list(path: str, split: str, num_classes: Optional[int], strict: b
       stored classes are `label - label_base`. -1 always means "no class".
     out_of_range: when given, collects the raw labels of lines skipped as out of range.
   """
-  base = os.path.dirname(os.path.abspath(path))
+  base = _list_dir(path)
   tasks = []
   for line_no, line in _read_lines(path):
     origin = f"{path}:{line_no}"
@@ -308,7 +328,7 @@ def read_regression_list(path: str, split: str, num_values: Optional[int], stric
   The number of values is `num_values` when given, else the count of trailing numeric fields on
   the first valid line; every line must then have that many.
   """
-  base = os.path.dirname(os.path.abspath(path))
+  base = _list_dir(path)
   tasks = []
   for line_no, line in _read_lines(path):
     origin = f"{path}:{line_no}"
@@ -571,6 +591,31 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
 # ------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _local_copy(path: str) -> Iterator[str]:
+  """`path` itself, or for a URL (gs://...) a temporary local copy of the video or frame folder.
+
+  The decoders need local files; the copy is read through etils.epath and removed afterwards.
+  A URL that names nothing yields a path that does not exist, which the reader reports missing.
+  """
+  if records.is_local(path):
+    yield path
+    return
+  src = epath.Path(path)
+  with tempfile.TemporaryDirectory(prefix="svfap_clip_") as tmp:
+    local = os.path.join(tmp, src.name or "clip")
+    if src.is_dir():
+      os.mkdir(local)
+      for item in src.iterdir():
+        if not item.is_dir():
+          with open(os.path.join(local, item.name), "wb") as f:
+            f.write(item.read_bytes())
+    elif src.exists():
+      with open(local, "wb") as f:
+        f.write(src.read_bytes())
+    yield local
+
+
 def encode_jpeg(frame_rgb: np.ndarray, quality: int) -> bytes:
   ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR),
                          [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
@@ -587,9 +632,10 @@ def process_clip(task: ClipTask, options: PrepareOptions) -> tuple[str, Any, dic
   """
   cap = options.short_side * (options.face_source_factor if options.face_crop else 1)
   try:
-    decoded = video_io.read_with(
-        video_io.read_clip, task.path, max_frames=options.max_frames, target_fps=options.fps,
-        folder_fps=options.folder_fps, max_short_side=cap)
+    with _local_copy(task.path) as local:
+      decoded = video_io.read_with(
+          video_io.read_clip, local, max_frames=options.max_frames, target_fps=options.fps,
+          folder_fps=options.folder_fps, max_short_side=cap)
     frames, fps, source_fps = decoded.frames, decoded.fps, decoded.source_fps
     if len(frames) < options.min_frames:
       return "skip", f"only {len(frames)} frames (--min-frames {options.min_frames})", {}
@@ -601,7 +647,10 @@ def process_clip(task: ClipTask, options: PrepareOptions) -> tuple[str, Any, dic
       frames = [video_io.resize_short_side(f, options.short_side) for f in frames]
     jpegs = [encode_jpeg(f, options.jpeg_quality) for f in frames]
   except video_io.InputError as e:
-    where = "" if os.path.normpath(e.path) == os.path.normpath(task.path) else f"{e.path}: "
+    path = e.path
+    if not records.is_local(task.path) and path.startswith(local):
+      path = task.path + path[len(local):]  # name the frame in the bucket, not the copy
+    where = "" if os.path.normpath(path) == os.path.normpath(task.path) else f"{path}: "
     return "skip", where + e.reason, {}
   except Exception as e:  # pylint: disable=broad-except
     # Whatever an odd file makes a library raise, the build goes on and the report names it.

@@ -20,6 +20,16 @@ MANUAL_DIR may hold
   * original-format lists `{split}.csv` / `{split}.txt` ('<path> <label>'): prepared first.
 Preparing uses `PREPARE_OPTIONS` (176 px short side, no face crop) into the download dir.
 
+With Beam options (`tfds build --beam_pipeline_options=...`, or `DownloadConfig(beam_options=...)`)
+the builder is distributed the same way as `prepare --runner beam`: raw data is prepared by the
+Beam pipeline of `data_pipelines.beam_build` (same shards as the local pool), and the TFDS splits
+are then written by TFDS's own Beam pipeline, one prepared shard per work item. Without them it
+runs on one machine as before.
+
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=MANUAL_DIR, beam_options=beam.options.pipeline_options.PipelineOptions(
+          ["--runner=DataflowRunner", "--project=P", ...])))
+
 Features: id (text), frames (Video of JPEG frames, sizes vary per clip), label (ClassLabel; -1 =
 none), values (float32 vector, may be empty), fps (float32), source (text).
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 from typing import Optional, Sequence
 
 from etils import epath
@@ -106,12 +117,30 @@ class SvfapFaceClips(tfds.core.GeneratorBasedBuilder):
         homepage="https://github.com/sunlicai/SVFAP",
     )
 
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    # The Beam settings reach the split writers only; preparing raw data needs them too.
+    self._beam = None
+    if download_config is not None and (download_config.beam_options is not None
+                                        or download_config.beam_runner is not None):
+      self._beam = (download_config.beam_runner, download_config.beam_options)
+    return super()._download_and_prepare(dl_manager, download_config)
+
+  def _prepare_argv(self) -> list[str]:
+    """`prepare` flags that run it on Beam when the build itself runs on Beam."""
+    if getattr(self, "_beam", None) is None:
+      return []
+    from data_pipelines import beam_build  # pylint: disable=import-outside-toplevel
+    runner, options = self._beam
+    return ["--runner", "beam", "--beam-options",
+            shlex.join(beam_build.options_to_flags(options, runner))]
+
   def _prepared_dir(self, dl_manager) -> str:
     manual = os.fspath(dl_manager.manual_dir)
     if os.path.exists(os.path.join(manual, records.INFO_FILE)):
       return manual
     out = os.path.join(os.fspath(dl_manager.download_dir), f"prepared_{self.builder_config.name}")
-    argv = ["--out", out, "--quiet", "--short-side", str(PREPARE_OPTIONS.short_side)]
+    argv = ["--out", out, "--quiet", "--short-side", str(PREPARE_OPTIONS.short_side),
+            *self._prepare_argv()]
     config = self.builder_config
     lists = sorted(glob.glob(os.path.join(glob.escape(manual), "*.csv"))
                    + glob.glob(os.path.join(glob.escape(manual), "*.txt")))
@@ -143,20 +172,54 @@ class SvfapFaceClips(tfds.core.GeneratorBasedBuilder):
     elif names and list(names) != list(self.builder_config.label_names):
       raise ValueError(f"{prepared} has labels {names}, config "
                        f"{self.builder_config.name!r} expects {list(label_feature.names)}")
+    if getattr(self, "_beam", None) is not None:
+      beam = tfds.core.lazy_imports.apache_beam
+      return {split: (beam.Create(records.find_shards(prepared, split))
+                      | f"ReadShards_{split}" >> beam.FlatMap(shard_examples))
+              for split in records.list_splits(prepared)}
     return {split: self._generate_examples(prepared, split)
             for split in records.list_splits(prepared)}
 
   def _generate_examples(self, prepared: str, split: str):
     stats = records.ReadStats()
     for clip in records.iter_clips(prepared, split, stats):
-      yield clip["id"], {
-          "id": clip["id"],
-          "frames": clip["frames"],  # encoded JPEGs pass through unchanged
-          "label": clip["label"],
-          "values": clip["values"],
-          "fps": np.float32(clip["fps"]),
-          "source": clip["source"],
-      }
-    if stats.corrupt or stats.truncated_shards:
-      raise RuntimeError(f"{prepared} split {split!r}: {stats.corrupt} corrupt record(s), "
-                         f"truncated shards {stats.truncated_shards}; re-run prepare")
+      yield clip["id"], _example(clip)
+    _check_read(stats, f"{prepared} split {split!r}")
+
+
+def _example(clip: dict) -> dict:
+  return {
+      "id": clip["id"],
+      "frames": clip["frames"],  # encoded JPEGs pass through unchanged
+      "label": clip["label"],
+      "values": clip["values"],
+      "fps": np.float32(clip["fps"]),
+      "source": clip["source"],
+  }
+
+
+def _check_read(stats: records.ReadStats, where: str) -> None:
+  if stats.corrupt or stats.truncated_shards:
+    raise RuntimeError(f"{where}: {stats.corrupt} corrupt record(s), truncated shards "
+                       f"{stats.truncated_shards}; re-run prepare")
+
+
+def shard_examples(shard_path: str):
+  """(id, example) of every record of one prepared shard (a Beam work item of the TFDS build).
+
+  Raises:
+    RuntimeError: a corrupt record or a truncated shard.
+  """
+  stats = records.ReadStats()
+  try:
+    offsets = records.read_index(shard_path)["offsets"]
+  except (OSError, ValueError):
+    offsets = None
+  for _, _, data in records.iter_shard(shard_path, stats, offsets):
+    try:
+      clip = records.decode_clip(data)
+    except (ValueError, UnicodeDecodeError):
+      stats.corrupt += 1
+      continue
+    yield clip["id"], _example(clip)
+  _check_read(stats, shard_path)

@@ -1,7 +1,9 @@
 """`prepare --runner beam`: the Beam pipeline writes what the local pool writes, byte for byte."""
 import glob
+import importlib.util
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -198,3 +200,129 @@ def test_strict_names_the_first_bad_input_like_the_local_pool(inputs, tmp_path, 
         assert not json.load(f)["skipped"]
   assert messages[0] == messages[1]
   assert bad["missing"] in messages[1] and bad["corrupt"] not in messages[1]
+
+
+def test_tfds_build_on_beam_gives_the_local_build(inputs, tmp_path, monkeypatch):
+  """`download_and_prepare` with Beam options: prepared by the Beam pipeline, split by TFDS's."""
+  _need_beam()
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  from apache_beam.options import pipeline_options as po  # pylint: disable=import-outside-toplevel
+  from data_pipelines import tfds_builder  # pylint: disable=import-outside-toplevel
+  seen = {"prepare_runs": 0, "generators": []}
+  beam_prepare = beam_build.prepare
+
+  def counting_prepare(*args, **kwargs):
+    seen["prepare_runs"] += 1
+    return beam_prepare(*args, **kwargs)
+  monkeypatch.setattr(beam_build, "prepare", counting_prepare)
+  split_generators = tfds_builder.SvfapFaceClips._split_generators
+
+  def recording(self, dl_manager):
+    out = split_generators(self, dl_manager)
+    seen["generators"] += [type(g) for g in out.values()]
+    return out
+  monkeypatch.setattr(tfds_builder.SvfapFaceClips, "_split_generators", recording)
+  train, _, _ = inputs
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  # Lists named after their split; the bad lines come along and are skipped by the prepare step.
+  (manual / "train.csv").write_text(open(train).read())
+  built = {}
+  for mode in ("local", "beam"):
+    config = {"manual_dir": str(manual)}
+    if mode == "beam":
+      config["beam_options"] = po.PipelineOptions(
+          ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    data_dir = str(tmp_path / mode)
+    builder = tfds.builder("svfap_face_clips/generic", data_dir=data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(**config))
+    assert builder.info.splits["train"].num_examples == 5
+    built[mode] = {ex["id"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(
+        split="train"))}
+    prepared = os.path.join(data_dir, "downloads", "prepared_generic")
+    built[mode + "_shards"] = _files(prepared)
+  assert seen["prepare_runs"] == 1  # the Beam build only
+  assert not issubclass(seen["generators"][0], beam.PTransform)
+  assert issubclass(seen["generators"][1], beam.PTransform)
+  assert built["beam_shards"] == built["local_shards"]
+  assert sorted(built["beam"]) == sorted(built["local"]) and len(built["beam"]) == 5
+  for clip_id, ex in built["local"].items():
+    other = built["beam"][clip_id]
+    for key in ("label", "fps", "source"):
+      assert other[key] == ex[key], (clip_id, key)
+    np.testing.assert_array_equal(other["frames"], ex["frames"])
+    np.testing.assert_array_equal(other["values"], ex["values"])
+
+
+@pytest.fixture
+def fake_bucket(tmp_path, monkeypatch):
+  """gs://bucket/... served from a local folder through epath's test hook (offline).
+
+  TensorFlow's gfile backend is turned off so that the hook applies; processes that Beam starts
+  would not see the hook, so tests using it run the DirectRunner in this process.
+  """
+  from etils.epath import gpath  # pylint: disable=import-outside-toplevel
+  from etils.epath import testing  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / "bucket")
+  os.makedirs(root)
+
+  def local(path):
+    path = os.fspath(path)
+    return root + path[len("gs://bucket"):] if path.startswith("gs://bucket") else path
+
+  def wrap(name):
+    def call(original, path, *args, **kwargs):
+      if name in ("rename", "replace", "copy"):
+        return original(local(path), local(args[0]), *args[1:], **kwargs)
+      out = original(local(path), *args, **kwargs)
+      if name == "glob":
+        out = ["gs://bucket" + o[len(root):] if o.startswith(root) else o for o in out]
+      return out
+    return call
+
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  names = ("open", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename",
+           "replace", "rmtree", "stat", "walk", "copy")
+  with testing.mock_epath(**{n: wrap(n) for n in names}):
+    yield root
+
+
+def test_videos_lists_and_output_in_a_bucket(inputs, tmp_path, fake_bucket):
+  """gs:// lists, clips (relative and absolute URLs) and --out: both runners, same bytes."""
+
+  train, _, _ = inputs
+  good = [line.rsplit(None, 1) for line in open(train).read().splitlines()]
+  good = [(p, lab) for p, lab in good if os.path.exists(p) and "corrupt" not in p][:3]
+  os.makedirs(os.path.join(fake_bucket, "data", "clips"))
+  lines = []
+  for k, (path, label) in enumerate(good):
+    name = f"c{k}" + os.path.splitext(path)[1]
+    dst = os.path.join(fake_bucket, "data", "clips", name)
+    (shutil.copytree if os.path.isdir(path) else shutil.copy)(path, dst)
+    lines.append(f"clips/{name} {label}" if k % 2 == 0 else f"gs://bucket/data/clips/{name} {label}")
+  lines.append("clips/not_there.mp4 1")
+  with open(os.path.join(fake_bucket, "data", "train.txt"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  runs = {"local": []}
+  if importlib.util.find_spec("apache_beam") is not None:
+    runs["beam"] = ["--runner", "beam", "--beam-options", "--direct_running_mode=in_memory"]
+  outs = {}
+  for mode, extra in runs.items():
+    out = f"gs://bucket/out_{mode}"
+    assert build.main(["--list", "train=gs://bucket/data/train.txt", "--out", out,
+                       "--num-shards", "2", "--short-side", "32", "--quiet", *extra]) == 0
+    outs[mode] = os.path.join(fake_bucket, f"out_{mode}")
+    report = _report(outs[mode])
+    assert report["written"] == 3
+    assert [s["source"] for s in report["skipped"]] == ["gs://bucket/data/clips/not_there.mp4"]
+    assert "missing" in report["skipped"][0]["reason"]
+    clips = list(records.iter_clips(f"gs://bucket/out_{mode}", "train"))
+    assert sorted(c["source"] for c in clips) == [f"gs://bucket/data/clips/c{k}"
+                                                 + os.path.splitext(p)[1]
+                                                 for k, (p, _) in enumerate(good)]
+    assert sorted(c["id"] for c in clips) == ["c0", "c1", "c2"]
+  assert not glob.glob(str(tmp_path / "gs:*")) and not os.path.exists("gs:")
+  if "beam" in outs:
+    assert _files(outs["beam"]) == _files(outs["local"])
+    assert _report(outs["beam"]) == _report(outs["local"])
