@@ -25,6 +25,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+# The model input's normalisation (ImageNet statistics, as in the original data pipeline); the
+# MAE targets (`svfap_jax.losses`) undo it with these same values.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Value revealed where geometric RandAugment ops move the image away (timm's default fill).

@@ -33,7 +33,7 @@ import os
 import re
 import struct
 import threading
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 from google.protobuf import message as protobuf_message
 import google_crc32c
@@ -292,6 +292,24 @@ class TFRecordWriter:
     self.close()
 
 
+# What can be wrong with a framed record; also the reasons `CorruptRecordError` gives.
+_TRUNCATED_HEADER = "truncated header"
+_LENGTH_CRC = "length checksum mismatch"
+_CUT_SHORT = "record is cut short (truncated)"
+_DATA_CRC = "data checksum mismatch"
+
+
+def _header_length(header: bytes) -> Optional[int]:
+  """The data length a 12-byte record header announces; None when its checksum fails."""
+  (length,) = struct.unpack("<Q", header[:8])
+  (length_crc,) = struct.unpack("<I", header[8:_HEADER])
+  return length if masked_crc(header[:8]) == length_crc else None
+
+
+def _data_intact(data: bytes, footer: bytes) -> bool:
+  return masked_crc(data) == struct.unpack("<I", footer)[0]
+
+
 def unframe(path: str, index: Optional[int], offset: int, buf: bytes,
             expected_length: Optional[int] = None) -> bytes:
   """Checks one framed record (header + data + footer in `buf`) and returns its data.
@@ -301,21 +319,74 @@ def unframe(path: str, index: Optional[int], offset: int, buf: bytes,
   """
   if len(buf) < _HEADER:
     raise CorruptRecordError(path, index, offset, f"only {len(buf)} header bytes (truncated)")
-  length_bytes = buf[:8]
-  (length,) = struct.unpack("<Q", length_bytes)
-  (length_crc,) = struct.unpack("<I", buf[8:12])
-  if masked_crc(length_bytes) != length_crc:
-    raise CorruptRecordError(path, index, offset, "length checksum mismatch")
+  length = _header_length(buf[:_HEADER])
+  if length is None:
+    raise CorruptRecordError(path, index, offset, _LENGTH_CRC)
   if expected_length is not None and length != expected_length:
     raise CorruptRecordError(path, index, offset,
                              f"length {length} differs from the index ({expected_length})")
   if len(buf) < _HEADER + length + _FOOTER:
-    raise CorruptRecordError(path, index, offset, "record is cut short (truncated)")
+    raise CorruptRecordError(path, index, offset, _CUT_SHORT)
   data = buf[_HEADER:_HEADER + length]
-  (data_crc,) = struct.unpack("<I", buf[_HEADER + length:_HEADER + length + _FOOTER])
-  if masked_crc(data) != data_crc:
-    raise CorruptRecordError(path, index, offset, "data checksum mismatch")
+  if not _data_intact(data, buf[_HEADER + length:_HEADER + length + _FOOTER]):
+    raise CorruptRecordError(path, index, offset, _DATA_CRC)
   return bytes(data)
+
+
+class _Framed(NamedTuple):
+  """One step of `_walk_shard`: a record, or what stopped it from being one.
+
+  problem is None (data holds the record's bytes, or None when data was not read) or one of the
+  reasons above; for a truncated header, length is the number of stray bytes at the end.
+  """
+  index: int
+  offset: int
+  length: int
+  data: Optional[bytes]
+  problem: Optional[str]
+
+
+def _walk_shard(path: str, *, read_data: bool,
+                offsets: Optional[Sequence[int]] = None) -> Iterator[_Framed]:
+  """Walks the records of a shard from its start: the one TFRecord framing walker.
+
+  A record whose data checksum fails is reported and stepped over (its length is trustworthy).
+  After a damaged length header the walk resumes at the next of `offsets` (from the shard
+  index) when there is one, and ends otherwise; a shard that ends inside a header or a record
+  ends the walk. Data checksums are checked only with `read_data`.
+  """
+  file_size = _size(path)
+  index, pos = 0, 0
+  with _open(path, "rb") as f:
+    while pos < file_size:
+      f.seek(pos)
+      header = f.read(_HEADER)
+      if len(header) < _HEADER:
+        yield _Framed(index, pos, len(header), None, _TRUNCATED_HEADER)
+        return
+      length = _header_length(header)
+      if length is None:
+        yield _Framed(index, pos, 0, None, _LENGTH_CRC)
+        nxt = next((o for o in (offsets or ()) if o > pos), None)
+        if nxt is None:
+          return
+        index, pos = list(offsets).index(nxt), nxt
+        continue
+      end = pos + _HEADER + length + _FOOTER
+      if end > file_size:
+        yield _Framed(index, pos, length, None, _CUT_SHORT)
+        return
+      if read_data:
+        body = f.read(length + _FOOTER)
+        data = body[:length]
+        if _data_intact(data, body[length:]):
+          yield _Framed(index, pos, length, data, None)
+        else:
+          yield _Framed(index, pos, length, None, _DATA_CRC)
+      else:
+        yield _Framed(index, pos, length, None, None)
+      pos = end
+      index += 1
 
 
 @dataclasses.dataclass
@@ -342,48 +413,28 @@ def iter_shard(path: str, stats: Optional[ReadStats] = None,
   skip is counted in `stats` and logged.
   """
   stats = stats if stats is not None else ReadStats()
-  file_size = _size(path)
-  index = 0
-  with _open(path, "rb") as f:
-    pos = 0
-    while pos < file_size:
-      f.seek(pos)
-      header = f.read(_HEADER)
-      if len(header) < _HEADER:
-        stats.truncated_shards.append(path)
-        stats.note(f"{path}: truncated: {len(header)} stray bytes at offset {pos} after "
-                   f"{index} records; the rest of the shard is lost")
-        return
-      (length,) = struct.unpack("<Q", header[:8])
-      (length_crc,) = struct.unpack("<I", header[8:])
-      if masked_crc(header[:8]) != length_crc:
-        stats.corrupt += 1
-        nxt = next((o for o in (offsets or ()) if o > pos), None)
-        if nxt is None:
-          stats.note(f"{path}: record {index} at byte {pos}: length checksum mismatch; cannot "
-                     "find the next record, stopping this shard")
-          return
-        stats.note(f"{path}: record {index} at byte {pos}: length checksum mismatch; skipped")
-        index = list(offsets).index(nxt)
-        pos = nxt
-        continue
-      end = pos + _HEADER + length + _FOOTER
-      if end > file_size:
-        stats.truncated_shards.append(path)
-        stats.note(f"{path}: truncated: record {index} at byte {pos} needs {length} bytes but "
-                   f"the file ends at byte {file_size}; stopping this shard")
-        return
-      body = f.read(length + _FOOTER)
-      data = body[:length]
-      (data_crc,) = struct.unpack("<I", body[length:])
-      if masked_crc(data) != data_crc:
-        stats.corrupt += 1
-        stats.note(f"{path}: record {index} at byte {pos}: data checksum mismatch; skipped")
+  for index, pos, length, data, problem in _walk_shard(path, read_data=True, offsets=offsets):
+    if problem is None:
+      stats.records += 1
+      yield index, pos, data
+    elif problem == _DATA_CRC:
+      stats.corrupt += 1
+      stats.note(f"{path}: record {index} at byte {pos}: data checksum mismatch; skipped")
+    elif problem == _LENGTH_CRC:
+      stats.corrupt += 1
+      if next((o for o in (offsets or ()) if o > pos), None) is None:
+        stats.note(f"{path}: record {index} at byte {pos}: length checksum mismatch; cannot "
+                   "find the next record, stopping this shard")
       else:
-        stats.records += 1
-        yield index, pos, data
-      pos = end
-      index += 1
+        stats.note(f"{path}: record {index} at byte {pos}: length checksum mismatch; skipped")
+    elif problem == _TRUNCATED_HEADER:
+      stats.truncated_shards.append(path)
+      stats.note(f"{path}: truncated: {length} stray bytes at offset {pos} after "
+                 f"{index} records; the rest of the shard is lost")
+    else:  # _CUT_SHORT
+      stats.truncated_shards.append(path)
+      stats.note(f"{path}: truncated: record {index} at byte {pos} needs {length} bytes but "
+                 f"the file ends at byte {_size(path)}; stopping this shard")
 
 
 def scan_framing(path: str) -> tuple[list[int], list[int]]:
@@ -393,22 +444,11 @@ def scan_framing(path: str) -> tuple[list[int], list[int]]:
     CorruptRecordError: a damaged header or a record cut short.
   """
   offsets, lengths = [], []
-  file_size = _size(path)
-  with _open(path, "rb") as f:
-    pos = 0
-    while pos < file_size:
-      f.seek(pos)
-      header = f.read(_HEADER)
-      if len(header) < _HEADER:
-        raise CorruptRecordError(path, len(offsets), pos, "truncated header")
-      (length,) = struct.unpack("<Q", header[:8])
-      if masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
-        raise CorruptRecordError(path, len(offsets), pos, "length checksum mismatch")
-      if pos + _HEADER + length + _FOOTER > file_size:
-        raise CorruptRecordError(path, len(offsets), pos, "record is cut short (truncated)")
-      offsets.append(pos)
-      lengths.append(length)
-      pos += _HEADER + length + _FOOTER
+  for index, pos, length, _, problem in _walk_shard(path, read_data=False):
+    if problem is not None:
+      raise CorruptRecordError(path, index, pos, problem)
+    offsets.append(pos)
+    lengths.append(length)
   return offsets, lengths
 
 
@@ -551,12 +591,27 @@ def read_index(shard_path: str) -> dict:
 
 
 def load_info(dataset_dir: str) -> dict:
-  path = _join(dataset_dir, INFO_FILE)
+  """The `dataset_info.json` of a prepared dataset (a local folder or a URL such as gs://...).
+
+  Every reader of the file goes through here.
+
+  Raises:
+    FileNotFoundError: the file is missing (the message says how to write it).
+    ValueError: the file is not a JSON object (the message names the file).
+  """
+  path = _join(os.fspath(dataset_dir), INFO_FILE)
   if not _exists(path):
     raise FileNotFoundError(f"{path} is missing; run `python -m svfap_jax prepare` into "
                             f"{dataset_dir} first")
-  with _open(path) as f:
-    return json.load(f)
+  try:
+    with _open(path) as f:
+      info = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is not readable JSON ({e}); re-run prepare to rewrite it") from e
+  if not isinstance(info, dict):
+    raise ValueError(f"{path} holds a JSON {type(info).__name__}, not an object; re-run prepare "
+                     "to rewrite it")
+  return info
 
 
 def _stats(values) -> Optional[dict]:

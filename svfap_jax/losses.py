@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# The normalisation of the model input, defined where the input is normalised.
+from data_pipelines.augment import IMAGENET_MEAN, IMAGENET_STD
 from svfap_jax.models.mae import split_mask
 
-# The normalisation of the model input (ImageNet statistics, as in the original data pipeline).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Added to the per-patch standard deviation before dividing (the original's constant).
 _TARGET_STD_EPS = 1e-6
 

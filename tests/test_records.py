@@ -376,3 +376,74 @@ def test_url_datasets_read_through_epath(dataset, monkeypatch):
   assert [g["id"] for g in got] == [e["id"] for e in expected]
   assert all(g["frames"] == e["frames"] and g["label"] == e["label"] for g, e in zip(got, expected))
   assert [records.scan_framing(s) for s in records.find_shards(dataset, "train")] == expected_scan
+
+
+def _hand_shard(path, payloads):
+  with records.TFRecordWriter(str(path)) as w:
+    for p in payloads:
+      w.write(p)
+  return str(path), list(w.offsets), list(w.lengths)
+
+
+def test_framing_readers_share_one_walk(tmp_path):
+  """scan_framing, iter_shard and unframe read the same framing and name the same faults."""
+  payloads = [b"a" * 10, b"", b"xyz" * 50, b"q"]
+  path, offsets, lengths = _hand_shard(tmp_path / "s", payloads)
+  # Independent layout: each record is 12 header bytes, its data and a 4-byte footer.
+  want = list(np.cumsum([0] + [12 + len(p) + 4 for p in payloads[:-1]]))
+  assert offsets == want and records.scan_framing(path) == (want, [len(p) for p in payloads])
+  assert [(i, o, d) for i, o, d in records.iter_shard(path)] == [
+      (i, o, p) for i, (o, p) in enumerate(zip(want, payloads))]
+  raw = open(path, "rb").read()
+  for i, (o, p) in enumerate(zip(want, payloads)):
+    assert records.unframe(path, i, o, raw[o:o + 16 + len(p)], len(p)) == p
+  # A damaged data byte: the headers still scan, the sequential reader skips that record only.
+  damaged = bytearray(raw)
+  damaged[want[2] + 12 + 5] ^= 0xFF
+  (tmp_path / "d").write_bytes(bytes(damaged))
+  assert records.scan_framing(str(tmp_path / "d")) == records.scan_framing(path)
+  stats = records.ReadStats()
+  assert [i for i, _, _ in records.iter_shard(str(tmp_path / "d"), stats)] == [0, 1, 3]
+  assert stats.corrupt == 1 and "record 2 at byte" in stats.problems[0]
+  with pytest.raises(records.CorruptRecordError, match="data checksum mismatch"):
+    records.unframe(path, 2, want[2], bytes(damaged[want[2]:want[3]]))
+  # A damaged length header: scanning stops there; reading resumes at the next indexed record.
+  bad_len = bytearray(raw)
+  bad_len[want[1] + 3] ^= 0x01
+  (tmp_path / "h").write_bytes(bytes(bad_len))
+  with pytest.raises(records.CorruptRecordError, match="length checksum") as err:
+    records.scan_framing(str(tmp_path / "h"))
+  assert err.value.index == 1 and err.value.offset == want[1]
+  stats = records.ReadStats()
+  assert [i for i, _, _ in records.iter_shard(str(tmp_path / "h"), stats, want)] == [0, 2, 3]
+  stats = records.ReadStats()
+  assert [i for i, _, _ in records.iter_shard(str(tmp_path / "h"), stats)] == [0]
+  assert "cannot find the next record" in stats.problems[0]
+  # Cut inside the last record, and inside a header.
+  for cut, reason, index in ((len(raw) - 2, "cut short", 3), (want[3] + 5, "truncated", 3)):
+    (tmp_path / "t").write_bytes(raw[:cut])
+    with pytest.raises(records.CorruptRecordError, match=reason) as err:
+      records.scan_framing(str(tmp_path / "t"))
+    assert err.value.index == index
+    stats = records.ReadStats()
+    assert len(list(records.iter_shard(str(tmp_path / "t"), stats))) == 3
+    assert stats.truncated_shards == [str(tmp_path / "t")]
+
+
+def test_dataset_info_has_one_reader(dataset, tmp_path):
+  from svfap_jax.train import config_check  # pylint: disable=import-outside-toplevel
+  info = records.load_info(dataset)
+  assert config_check.read_dataset_info(dataset) == info
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  with pytest.raises(FileNotFoundError, match="prepare"):
+    records.load_info(str(bad))
+  with pytest.raises(config_check.ConfigError, match="has no dataset_info.json"):
+    config_check.read_dataset_info(str(bad))
+  for text, why in (('{"splits": ', "not readable JSON"), ("[1, 2]", "not an object")):
+    (bad / records.INFO_FILE).write_text(text)
+    with pytest.raises(ValueError, match=why) as err:
+      records.load_info(str(bad))
+    assert records.INFO_FILE in str(err.value)
+    with pytest.raises(config_check.ConfigError, match=f"data.dir=.*{why}"):
+      config_check.read_dataset_info(str(bad))

@@ -4,12 +4,12 @@ Every problem is collected and reported at once, naming the field and what to do
 """
 from __future__ import annotations
 
-import json
 import os
 
 import etils.epath as epath
 import jax
 
+from data_pipelines import records
 from svfap_jax import optim
 from svfap_jax import probe as probe_lib
 from svfap_jax.models.layers import remat_policy
@@ -28,11 +28,14 @@ def data_dir(config) -> str:
 
 
 def read_dataset_info(directory: str) -> dict:
-  path = epath.Path(directory) / "dataset_info.json"
-  if not path.exists():
+  """`records.load_info` of data.dir, its errors as `ConfigError`s naming the field."""
+  try:
+    return records.load_info(directory)
+  except FileNotFoundError:
     raise ConfigError(f"data.dir={directory!r} has no dataset_info.json; write the dataset with "
-                      "`python -m svfap_jax prepare ... --out DIR` first")
-  return json.loads(path.read_text())
+                      "`python -m svfap_jax prepare ... --out DIR` first") from None
+  except ValueError as e:
+    raise ConfigError(f"data.dir={directory!r}: {e}") from None
 
 
 def validate(config, *, mode: str) -> dict:
