@@ -83,6 +83,7 @@ from data_pipelines import face_crop as faces
 from data_pipelines import records
 from data_pipelines import recipes
 from data_pipelines import video_io
+from data_pipelines.recipes import ClipTask
 
 REPORT_FILE = "prepare_report.json"
 
@@ -164,19 +165,6 @@ class PrepareOptions:
     else:
       out.update({"face_detector": None, "crop_policy": "none (whole frame, aspect kept)"})
     return out
-
-
-@dataclasses.dataclass
-class ClipTask:
-  split: str
-  path: str
-  label: int = -1
-  values: tuple = ()
-  clip_id: str = ""
-  origin: str = ""
-
-  def key(self) -> list:
-    return [self.path, self.label, list(self.values), self.clip_id]
 
 
 @dataclasses.dataclass
@@ -512,7 +500,7 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
     result = recipes.run_recipe(args.recipe, args.src, args.fold, label_base=args.label_base)
     for s in result.skipped:
       _skip(inputs, s["source"], s["reason"], args.strict)
-    raw += [ClipTask(e.split, os.path.normpath(e.path), e.label, tuple(e.values), "", e.origin)
+    raw += [dataclasses.replace(e, path=os.path.normpath(e.path), values=tuple(e.values))
             for e in result.entries]
     label_names = result.label_names
     num_classes = len(label_names) if label_names else None
@@ -641,7 +629,7 @@ def process_clip(task: ClipTask, options: PrepareOptions) -> tuple[str, Any, dic
       return "skip", f"only {len(frames)} frames (--min-frames {options.min_frames})", {}
     meta: dict[str, Any] = {}
     if options.face_crop:
-      frames, info = faces.crop_faces(frames, options.short_side, options.face)
+      frames, info = faces.crop_faces(frames, options.short_side, options.face, fps)
       meta.update(info)
     else:
       frames = [video_io.resize_short_side(f, options.short_side) for f in frames]

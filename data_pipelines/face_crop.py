@@ -1,13 +1,23 @@
-"""Face detection and a temporally smooth square face crop for whole clips.
+"""Face detection, tracking and the square face crop of whole clips.
+
+This is the one face policy: `prepare` stores training clips with it and `predict` crops the
+videos it serves with it, so a model sees the same crops in both.
+
+  track = track_faces(frames, spec, fps)          # FaceTrack, or None when no frame has a face
+  crop = crop_frame(frames[t], track.boxes[t], spec, out_size)
 
 Policy: OpenCV's frontal-face Haar cascade runs on a downscaled grey copy of every
-`detect_every`-th frame and the largest face is kept; a frame without a face is retried rotated
-by a few roll angles (the frontal cascade misses tilted heads). Gaps are filled by linear
-interpolation in time, then the box (centre x, centre y, size) is smoothed with a running median
-(drops one-frame false positives) followed by a running mean (removes jitter). The crop is a
-square `margin` times the box size, kept inside the frame (shifted, and shrunk to the frame's
-short side if needed), resized to the output size. A clip without any detection falls back to a
-centred square crop and says so in the returned info.
+`detect_every`-th frame (and the last) and the largest face is kept; a frame without a face is
+retried rotated by a few roll angles (the frontal cascade misses tilted heads). Frames between
+probes take the verdict of the nearest probe. The box (centre x, centre y, size) is interpolated
+linearly in time across gaps of up to `max_gap_s` seconds; a longer gap holds the last good box
+(a face leaving the shot does not drag the crop along), a longer gap before the first face uses
+the whole frame, and frames after the last face hold it. The boxes then go through a running
+median (drops one-frame false positives) and a running mean (removes jitter). The crop is a square
+`margin` times the box size, its centre shifted down by `center_shift` times the size, kept inside
+the frame (shifted, and shrunk to the frame's short side if needed), resized to the output size.
+A clip without any detection has no track: `prepare` stores the centred square of every frame
+and says so in its report, `predict` refuses it.
 """
 from __future__ import annotations
 
@@ -34,16 +44,30 @@ class FaceCropSpec:
   # The frontal cascade misses tilted heads; frames without a face are retried rotated by these
   # angles (degrees) and the box is mapped back.
   roll_angles: tuple[float, ...] = (25.0, -25.0)
+  # Seconds: shorter gaps in the track are interpolated, longer ones hold the last good box.
+  max_gap_s: float = 1.0
 
   def describe(self) -> dict:
+    """The spec as recorded in dataset_info.json (`from_spec` reads it back)."""
     return {
         "face_detector": f"opencv-haar:{HAAR_CASCADE}",
-        "crop_policy": (f"largest face per frame, gaps interpolated, median+mean smoothed over "
-                        f"{self.smooth_window} frames, square of {self.margin}x the box, centre "
-                        f"shifted down {self.center_shift}, kept inside the frame; centred square "
-                        "when no face is found"),
+        "crop_policy": (f"largest face per frame, gaps up to {self.max_gap_s:g} s interpolated "
+                        "and longer ones holding the last box (whole frame before the first "
+                        f"face), median+mean smoothed over {self.smooth_window} frames, square "
+                        f"of {self.margin}x the box, centre shifted down {self.center_shift}, "
+                        "kept inside the frame; centred square when no face is found"),
         **dataclasses.asdict(self),
     }
+
+  @classmethod
+  def from_spec(cls, spec: dict) -> "FaceCropSpec":
+    """The spec a dataset's recorded preprocessing dict describes; fields it lacks (older
+    datasets) keep their defaults, keys that are not fields are ignored."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in spec.items() if k in fields and v is not None}
+    if "roll_angles" in kwargs:
+      kwargs["roll_angles"] = tuple(float(a) for a in kwargs["roll_angles"])
+    return cls(**kwargs)
 
 
 _CASCADES: dict[str, "cv2.CascadeClassifier"] = {}
@@ -117,58 +141,120 @@ def smooth_boxes(boxes: np.ndarray, window: int) -> np.ndarray:
   return boxes
 
 
-def track_faces(frames: Sequence[np.ndarray], spec: FaceCropSpec = FaceCropSpec()
-                ) -> tuple[Optional[np.ndarray], float]:
-  """Smoothed per-frame face boxes (T, 3) = (cx, cy, side), and the fraction of detected frames.
+@dataclasses.dataclass
+class FaceTrack:
+  """The face box of every frame of a clip.
 
-  Returns (None, 0.0) when no frame has a face.
+  Attributes:
+    boxes: float64 (T, 3) smoothed (centre x, centre y, side) in frame pixels, gaps filled.
+    detected: bool (T,) a face was found in the frame (or in the probe nearest to it).
+    detected_fraction: share of the probed frames with a face, in (0, 1].
+  """
+  boxes: np.ndarray
+  detected: np.ndarray
+  detected_fraction: float
+
+
+def whole_frame_box(height: int, width: int, spec: FaceCropSpec) -> np.ndarray:
+  """The box whose crop (`crop_square`) is the centred square of the frame's short side."""
+  size = min(height, width) / spec.margin
+  return np.array([width / 2, height / 2 - spec.center_shift * size, size])
+
+
+def track_faces(frames: Sequence[np.ndarray], spec: FaceCropSpec,
+                fps: float) -> Optional[FaceTrack]:
+  """Detects, fills and smooths the face box of every frame (the policy in the module doc).
+
+  Args:
+    frames: uint8 RGB frames (H, W, 3) of one clip, all the same size.
+    spec: detection, gap and smoothing settings.
+    fps: frames per second of `frames`, to turn `spec.max_gap_s` into frames.
+
+  Returns:
+    A `FaceTrack`, or None when no probed frame has a face (or there are no frames).
   """
   t = len(frames)
-  probe = list(range(0, t, max(1, spec.detect_every)))
-  if probe and probe[-1] != t - 1:
+  if not t:
+    return None
+  step = max(1, spec.detect_every)
+  probe = list(range(0, t, step))
+  if probe[-1] != t - 1:
     probe.append(t - 1)
-  hits_t, hits = [], []
-  for i in probe:
-    box = detect_largest_face(frames[i], spec)
-    if box is not None:
-      hits_t.append(i)
-      hits.append(box)
-  if not hits:
-    return None, 0.0
-  hits_arr = np.asarray(hits, np.float64)
-  times = np.arange(t, dtype=np.float64)
-  boxes = np.stack([np.interp(times, hits_t, hits_arr[:, j]) for j in range(3)], axis=1)
-  return smooth_boxes(boxes, spec.smooth_window), len(hits_t) / len(probe)
+  found = [detect_largest_face(frames[i], spec) for i in probe]
+  hit_t = np.array([i for i, box in zip(probe, found) if box is not None], np.int64)
+  if hit_t.size == 0:
+    return None
+  hits = np.array([box for box in found if box is not None], np.float64)
+  probe_arr = np.array(probe)
+  frame_t = np.arange(t)
+  # Frames between probes take the verdict of the nearest probe.
+  right = np.clip(np.searchsorted(probe_arr, frame_t), 0, len(probe) - 1)
+  left = np.clip(right - 1, 0, len(probe) - 1)
+  nearest = np.where(np.abs(probe_arr[left] - frame_t) <= np.abs(probe_arr[right] - frame_t),
+                     left, right)
+  detected = np.array([box is not None for box in found])[nearest]
+
+  boxes = np.stack([np.interp(frame_t.astype(np.float64), hit_t, hits[:, j]) for j in range(3)],
+                   axis=1)
+  max_gap = max(step, int(round(spec.max_gap_s * fps)))
+  for k in range(len(hit_t) - 1):
+    a, b = hit_t[k], hit_t[k + 1]
+    if b - a - 1 > max_gap:
+      boxes[a + 1:b] = hits[k]
+  if hit_t[0] > max_gap:
+    h, w = frames[0].shape[:2]
+    boxes[:hit_t[0]] = whole_frame_box(h, w, spec)
+  # Trailing gaps already hold the last box (np.interp extends the edge value).
+  return FaceTrack(smooth_boxes(boxes, spec.smooth_window), detected, len(hit_t) / len(probe))
+
+
+def _inside(height: int, width: int, cx: float, cy: float, side: float) -> tuple[int, int, int]:
+  """(x0, y0, s): the square of side `side` centred at (cx, cy), moved/shrunk into the frame."""
+  s = max(int(round(min(side, height, width))), 1)
+  x0 = int(round(min(max(cx - s / 2, 0), width - s)))
+  y0 = int(round(min(max(cy - s / 2, 0), height - s)))
+  return x0, y0, s
+
+
+def crop_square(frame_shape: Sequence[int], box: Optional[np.ndarray],
+                spec: FaceCropSpec) -> tuple[int, int, int]:
+  """(x0, y0, side) in frame pixels of the square `crop_frame` takes for `box`.
+
+  `box` is a (cx, cy, side) face box; None gives the centred square of the short side.
+  """
+  h, w = frame_shape[:2]
+  if box is None:
+    return _inside(h, w, w / 2, h / 2, min(h, w))
+  cx, cy, size = box
+  return _inside(h, w, cx, cy + spec.center_shift * size, size * spec.margin)
 
 
 def square_crop(frame: np.ndarray, cx: float, cy: float, side: float, out_size: int) -> np.ndarray:
   """Square crop centred at (cx, cy), moved/shrunk to stay inside the frame, resized."""
-  h, w = frame.shape[:2]
-  s = int(round(min(side, h, w)))
-  s = max(s, 1)
-  x0 = int(round(min(max(cx - s / 2, 0), w - s)))
-  y0 = int(round(min(max(cy - s / 2, 0), h - s)))
+  x0, y0, s = _inside(frame.shape[0], frame.shape[1], cx, cy, side)
   patch = frame[y0:y0 + s, x0:x0 + s]
   interp = cv2.INTER_AREA if s > out_size else cv2.INTER_LINEAR
   return cv2.resize(patch, (out_size, out_size), interpolation=interp)
 
 
-def crop_faces(frames: Sequence[np.ndarray], out_size: int,
-               spec: FaceCropSpec = FaceCropSpec()) -> tuple[list[np.ndarray], dict]:
-  """Face-crops a clip to `out_size` squares.
+def crop_frame(frame: np.ndarray, box: Optional[np.ndarray], spec: FaceCropSpec,
+               out_size: int) -> np.ndarray:
+  """uint8 (out_size, out_size, 3): the face crop of one frame for its track box (None: the
+  centred square of the short side)."""
+  x0, y0, s = crop_square(frame.shape, box, spec)
+  return square_crop(frame, x0 + s / 2, y0 + s / 2, s, out_size)
+
+
+def crop_faces(frames: Sequence[np.ndarray], out_size: int, spec: FaceCropSpec,
+               fps: float) -> tuple[list[np.ndarray], dict]:
+  """Face-crops a whole clip to `out_size` squares (what `prepare` stores).
 
   Returns:
-    (crops, info) with info = {"detected_fraction": float, "fallback_center": bool}.
+    (crops, info) with info = {"detected_fraction": float, "fallback_center": bool}; a clip
+    without any face is cropped to centred squares and has fallback_center True.
   """
-  boxes, detected = track_faces(frames, spec)
-  crops = []
-  for i, frame in enumerate(frames):
-    h, w = frame.shape[:2]
-    if boxes is None:
-      cx, cy, side = w / 2, h / 2, min(h, w)
-    else:
-      cx, cy, size = boxes[i]
-      cy += spec.center_shift * size
-      side = size * spec.margin
-    crops.append(square_crop(frame, cx, cy, side, out_size))
-  return crops, {"detected_fraction": detected, "fallback_center": boxes is None}
+  track = track_faces(frames, spec, fps)
+  crops = [crop_frame(frame, None if track is None else track.boxes[i], spec, out_size)
+           for i, frame in enumerate(frames)]
+  return crops, {"detected_fraction": 0.0 if track is None else track.detected_fraction,
+                 "fallback_center": track is None}

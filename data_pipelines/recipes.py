@@ -54,18 +54,32 @@ BIG_FIVE = ("openness", "conscientiousness", "extraversion", "agreeableness", "n
 
 
 @dataclasses.dataclass
-class Entry:
+class ClipTask:
+  """One clip to prepare, from a recipe, a list or a folder scan (`prepare` builds these).
+
+  Attributes:
+    split: split the clip goes to ("train", "test", ...).
+    path: video file or frame folder.
+    label: class index, -1 without one.
+    values: regression targets (float; NaN where one is missing), empty without any.
+    clip_id: the record's id; "" until `build.assign_ids` gives one.
+    origin: where the clip came from, for messages ("file.csv:12").
+  """
   split: str
   path: str
   label: int = -1
   values: tuple = ()
-  origin: str = ""   # where the entry came from, for messages ("file.csv:12")
+  clip_id: str = ""
+  origin: str = ""
+
+  def key(self) -> list:
+    return [self.path, self.label, list(self.values), self.clip_id]
 
 
 @dataclasses.dataclass
 class RecipeResult:
   name: str
-  entries: list[Entry]
+  entries: list[ClipTask]
   label_names: Optional[tuple[str, ...]]
   skipped: list[dict] = dataclasses.field(default_factory=list)  # {"source", "reason"}
   value_names: Optional[tuple[str, ...]] = None
@@ -161,7 +175,8 @@ def dfew(src: str, fold: int = 1) -> RecipeResult:
                                "reason": f"label {label_int} out of range 1..7 (DFEW classes)"})
         continue
       stem = f"{int(name):05d}" if name.isdigit() else name
-      result.entries.append(Entry(split, _clip_in(clip_dirs, stem), label_int - 1, (), origin))
+      result.entries.append(ClipTask(split, _clip_in(clip_dirs, stem), label_int - 1,
+                                     origin=origin))
   return result
 
 
@@ -193,7 +208,8 @@ def _two_column_list(path: str, split: str, names: Sequence[str], locate: Callab
       label = _label_index(text, names)
       if label is None and text.lstrip("-").isdigit():
         numeric.append(len(result.entries))
-        result.entries.append(Entry(split, locate(parts[0].strip()), int(text), (), origin))
+        result.entries.append(ClipTask(split, locate(parts[0].strip()), int(text),
+                                       origin=origin))
         continue
       if label is None:
         if line_no == 1 and text.lower() in ("label", "emotion", "class"):
@@ -201,7 +217,7 @@ def _two_column_list(path: str, split: str, names: Sequence[str], locate: Callab
         result.skipped.append({"source": origin,
                                "reason": f"label {text!r} is not one of {', '.join(names)}"})
         continue
-      result.entries.append(Entry(split, locate(parts[0].strip()), label, (), origin))
+      result.entries.append(ClipTask(split, locate(parts[0].strip()), label, origin=origin))
 
 
 def _number_labels(result: RecipeResult, numeric: list, names: Sequence[str],
@@ -295,7 +311,7 @@ def crema_d(src: str, fold: int = 1) -> RecipeResult:
   test_actors = set(_groups((a for _, a, _ in parsed), 5)[fold - 1])
   for path, actor, label in parsed:
     split = "test" if actor in test_actors else "train"
-    result.entries.append(Entry(split, path, label, (), path))
+    result.entries.append(ClipTask(split, path, label, origin=path))
   return result
 
 
@@ -328,7 +344,8 @@ def ravdess(src: str, fold: int = 1) -> RecipeResult:
     entries.append((path, actor, emotion - 1))
   test_actors = set(_groups((a for _, a, _ in entries), 6)[fold - 1])
   for path, actor, label in sorted(entries, key=lambda e: video_io.natural_key(e[0])):
-    result.entries.append(Entry("test" if actor in test_actors else "train", path, label, (), path))
+    result.entries.append(ClipTask("test" if actor in test_actors else "train", path, label,
+                                   origin=path))
   return result
 
 
@@ -366,7 +383,7 @@ def enterface05(src: str, fold: int = 1) -> RecipeResult:
   test_subjects = set(_groups((s for _, s, _ in found), 5)[fold - 1])
   for path, subject, label in sorted(found, key=lambda e: video_io.natural_key(e[0])):
     split = "test" if subject in test_subjects else "train"
-    result.entries.append(Entry(split, path, label, (), path))
+    result.entries.append(ClipTask(split, path, label, origin=path))
   return result
 
 
@@ -381,7 +398,7 @@ def voxceleb2(src: str, fold: int = 1) -> RecipeResult:
       paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(".mp4")]
   if not paths:
     raise RecipeError(f"voxceleb2: no id*/<video id>/*.mp4 below {src}")
-  return RecipeResult("voxceleb2", [Entry("train", p, -1, (), p) for p in paths], None)
+  return RecipeResult("voxceleb2", [ClipTask("train", p, -1, origin=p) for p in paths], None)
 
 
 RECIPES: dict[str, Callable[..., RecipeResult]] = {

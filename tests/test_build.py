@@ -254,7 +254,8 @@ def test_two_workers_write_byte_identical_shards(raw, tmp_path):
 
 def test_face_crop_finds_the_face_in_a_real_clip(carphone, tmp_path):
   clip = video_io.read_video(carphone, max_frames=60).frames
-  boxes, detected = face_crop.track_faces(clip)
+  track = face_crop.track_faces(clip, face_crop.FaceCropSpec(), 29.97)
+  boxes, detected = track.boxes, track.detected_fraction
   assert detected >= 0.8
   # The man's face is left of centre in the upper half of the 176x144 frame.
   assert np.all((boxes[:, 0] > 50) & (boxes[:, 0] < 130) & (boxes[:, 1] > 30) & (boxes[:, 1] < 100))
@@ -275,7 +276,7 @@ def test_face_crop_finds_the_face_in_a_real_clip(carphone, tmp_path):
 
 def test_face_crop_without_a_face_falls_back_to_a_centre_square():
   blank = [np.full((60, 100, 3), 127, np.uint8) for _ in range(5)]
-  crops, info = face_crop.crop_faces(blank, 32)
+  crops, info = face_crop.crop_faces(blank, 32, face_crop.FaceCropSpec(), 25.0)
   assert info == {"detected_fraction": 0.0, "fallback_center": True}
   assert len(crops) == 5 and crops[0].shape == (32, 32, 3)
   # A box partly outside the frame is moved inside, never padded.
