@@ -32,6 +32,7 @@ import dataclasses
 import json
 import os
 import shlex
+import sys
 from typing import Callable, Iterator, Optional, Sequence
 
 from etils import epath
@@ -43,6 +44,8 @@ PLAN_FILE = "_beam_plans.jsonl"
 # Runners whose workers share the launching machine's file system (local --out is fine).
 LOCAL_RUNNERS = ("directrunner", "direct", "fnapirunner", "prismrunner", "prism",
                  "interactiverunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+# Runners whose workers never see the launching machine's files.
+CLOUD_RUNNERS = ("dataflowrunner", "dataflow")
 INSTALL_HINT = "pip install -e .[beam]  (or: pip install 'apache-beam>=2.72,<3')"
 
 
@@ -262,8 +265,8 @@ def prepare(out_dir: str, inputs: build.Inputs, options: build.PrepareOptions, *
   """`build.prepare` on Apache Beam: same shards, indices, dataset_info.json and report.
 
   Args:
-    out_dir: local folder or URL (gs://...); with a runner whose workers run elsewhere
-      (Dataflow, Spark, Flink clusters) it must be a URL they can all write.
+    out_dir: local folder or URL (gs://...). Dataflow needs a URL; Spark / Flink workers must
+      see a local path at the same place (a warning says so).
     workers: DirectRunner processes (when `beam_options` name no runner nor worker count).
     strict: the pipeline processes every clip; then, if any was unusable, the shards holding
       unusable clips are removed and `StrictStop` names the first one in shard order (the clip
@@ -275,7 +278,7 @@ def prepare(out_dir: str, inputs: build.Inputs, options: build.PrepareOptions, *
 
   Raises:
     BeamUnavailable: apache-beam is not installed.
-    ValueError: bad options, or a local `out_dir` with a remote runner.
+    ValueError: bad options, or a local `out_dir` with Dataflow.
     StrictStop: with `strict`, when an input could not be used.
     PipelineIncomplete: the pipeline ended without writing every planned shard completely.
   """
@@ -283,9 +286,20 @@ def prepare(out_dir: str, inputs: build.Inputs, options: build.PrepareOptions, *
   opts = pipeline_options(beam_options, workers)
   runner = _runner_name(opts)
   out_dir = build.check_out_dir(out_dir)
-  if records.is_local(out_dir) and runner.lower().rsplit(".", 1)[-1] not in LOCAL_RUNNERS:
-    raise ValueError(f"--out {out_dir} is a local folder, which the workers of {runner} cannot "
-                     "write to; give a URL they share (gs://bucket/dir)")
+  kind = runner.lower().rsplit(".", 1)[-1]
+  if kind in CLOUD_RUNNERS:
+    if records.is_local(out_dir):
+      raise ValueError(f"--out {out_dir} is a local folder, which the workers of {runner} cannot "
+                       "write to; give a URL they share (gs://bucket/dir)")
+    local = [t.path for t in inputs.tasks if records.is_local(t.path)]
+    if local:
+      raise ValueError(f"{len(local)} input clip(s) are local paths (first: {local[0]}), which "
+                       f"the workers of {runner} cannot read; name the clips by URL in the lists "
+                       "(gs://bucket/..., or paths relative to a list at a URL)")
+  elif records.is_local(out_dir) and kind not in LOCAL_RUNNERS:
+    # A Spark or Flink cluster may share a mounted file system; only its owner knows.
+    print(f"prepare: warning: --out {out_dir} is a local path: every {runner} worker must see "
+          "it at that same path (a shared mount), or give a URL (gs://...)", file=sys.stderr)
   state = build.start_build(out_dir, inputs, options, num_shards=num_shards,
                             clips_per_shard=clips_per_shard, say=say)
   plan_file = os.fspath(epath.Path(out_dir) / PLAN_FILE)

@@ -327,3 +327,12 @@ def test_videos_lists_and_output_in_a_bucket(inputs, tmp_path, fake_bucket):
   if "beam" in outs:
     assert _files(outs["beam"]) == _files(outs["local"])
     assert _report(outs["beam"]) == _report(outs["local"])
+
+
+def test_dataflow_needs_clips_named_by_url(inputs, tmp_path, capsys, fake_bucket):
+  _need_beam()
+  code = build.main(_beam_argv(inputs, "gs://bucket/o", "--beam-options",
+                               "--runner=DataflowRunner --project=p --region=r"))
+  err = capsys.readouterr().err
+  assert code == 1 and "local paths" in err and "by URL" in err and "Traceback" not in err
+  assert not os.listdir(fake_bucket)
