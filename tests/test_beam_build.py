@@ -291,7 +291,6 @@ def fake_bucket(tmp_path, monkeypatch):
 
 def test_videos_lists_and_output_in_a_bucket(inputs, tmp_path, fake_bucket):
   """gs:// lists, clips (relative and absolute URLs) and --out: both runners, same bytes."""
-
   train, _, _ = inputs
   good = [line.rsplit(None, 1) for line in open(train).read().splitlines()]
   good = [(p, lab) for p, lab in good if os.path.exists(p) and "corrupt" not in p][:3]
