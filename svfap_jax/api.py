@@ -41,6 +41,33 @@ def build_module(spec: ModelSpec, *, pretrain: bool = False, num_classes: int = 
                          drop_rate, attn_drop_rate, drop_path_rate, _DTYPES[dtype], remat)
 
 
+def module_from_config(config, spec: ModelSpec, num_outputs: int, pretrain: bool) -> nn.Module:
+  """The Flax module a run config describes (training, `evaluate` and `predict` build it here).
+
+  Args:
+    config: the run's ml_collections config (its `model` fields, and `finetune.mode` for a
+      linear-probe head).
+    spec: the registered model's spec.
+    num_outputs: classes or regression values of the head (ignored when pretraining).
+    pretrain: the MAE pretraining model instead of the classifier.
+
+  Returns:
+    An unbound `VideoClassifier` or `MAEPretrainModel`.
+  """
+  from svfap_jax import optim  # pylint: disable=g-import-not-at-top
+  m = config.model
+  module = build_module(
+      spec, pretrain=pretrain, num_classes=0 if pretrain else num_outputs,
+      original_pretrain_quirks=m.original_pretrain_quirks, init_scale=m.init_scale,
+      head_activation=m.head_activation or None, keep_temporal_dim=m.keep_temporal_dim,
+      drop_rate=m.drop_rate, attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate,
+      dtype=m.dtype, remat=m.remat)
+  # A linear-probe head keeps its standardisation wherever the run's module is rebuilt.
+  if not pretrain and optim.finetune_options(config)[0] == "linear_probe":
+    module = module.clone(linear_probe=True)
+  return module
+
+
 def example_inputs(spec: ModelSpec, batch_size: int = 1, pretrain: bool = False):
   video = jnp.zeros((batch_size, spec.num_frames, spec.img_size, spec.img_size, spec.in_chans),
                     jnp.float32)

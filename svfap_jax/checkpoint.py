@@ -143,8 +143,23 @@ def find_checkpoint_dir(path: str) -> tuple[ocp.CheckpointManager, int]:
       f"{path}: no Orbax checkpoint found (looked in {', '.join(str(c) for c in candidates)})")
 
 
-def restore_params(path: str) -> tuple[Any, dict]:
-  """Just the parameters (and meta) of the latest checkpoint under `path`, as host numpy trees."""
+def restore_params(path: str, *, prefer_ema: bool = False) -> tuple[Any, dict]:
+  """The parameters and meta of the latest checkpoint under `path`: the one parameter reader
+  (`evaluate`, `predict`, `export` and `init_from` all restore through it).
+
+  Args:
+    path: a workdir, its checkpoints/ or best/ directory, or one step directory; relative,
+      absolute or a URL.
+    prefer_ema: the run's EMA copy of the parameters when it kept one (what evaluation scores);
+      otherwise, and by default, the trained parameters.
+
+  Returns:
+    (params, meta): params as host numpy arrays, whole on every process whatever mesh and
+    process count wrote them; meta the checkpoint's JSON metadata with "step" set.
+
+  Raises:
+    FileNotFoundError: no Orbax checkpoint under `path`.
+  """
   mgr, step = find_checkpoint_dir(path)
   # numpy targets: whole arrays on every process, whatever mesh and process count wrote them.
   tree = ocp.StandardCheckpointHandler().metadata(
@@ -153,6 +168,42 @@ def restore_params(path: str) -> tuple[Any, dict]:
   restored = mgr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   state = restored["state"]
-  params = state["params"] if isinstance(state, dict) else state.params
-  logging.info("restored parameters of step %d from %s", step, mgr.directory)
-  return jax.tree_util.tree_map(lambda x: jax.device_get(x), params), dict(restored["meta"] or {})
+  get = state.get if isinstance(state, dict) else lambda k: getattr(state, k, None)
+  params = (get("ema_params") if prefer_ema else None) or get("params")
+  logging.info("restored %sparameters of step %d from %s",
+               "EMA " if params is get("ema_params") else "", step, mgr.directory)
+  meta = dict(restored["meta"] or {})
+  meta.setdefault("step", int(step))
+  return jax.tree_util.tree_map(jax.device_get, params), meta
+
+
+def load_initial_params(path: str, template, *, pretrain: bool):
+  """Parameters for `template` from a pretraining/fine-tuning checkpoint (Orbax) or a PyTorch
+  file, adapted through the PyTorch key space: a pretraining decoder is dropped for a
+  classifier, a head of another size is replaced by the template's.
+
+  Args:
+    path: an Orbax workdir/checkpoint (`restore_params`) or a .pth/.pt/.bin/.safetensors file.
+    template: the target's parameter tree (host arrays), which also supplies what `path` lacks.
+    pretrain: whether the target is the MAE pretraining model.
+
+  Returns:
+    (params like `template`, `interop.load` match report).
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    svfap_jax.interop.load.CheckpointMismatchError: shapes or keys that cannot be adapted.
+  """
+  # pylint: disable=g-import-not-at-top
+  from svfap_jax.interop import files, load, mapping
+  # pylint: enable=g-import-not-at-top
+  if path.endswith((".pth", ".pt", ".bin", ".safetensors")):
+    state_dict = files.load_state_dict(path)
+  else:
+    params, _ = restore_params(path)
+    state_dict = mapping.to_torch_state_dict(params, pretrain="decoder" in params)
+  matched, report = load.match_state_dict(state_dict, template, pretrain=pretrain, source=path)
+  full = mapping.to_torch_state_dict(template, pretrain=pretrain)
+  full.update(matched)
+  logging.info("init_from %s: %s", path, report.summary())
+  return mapping.from_torch_state_dict(full, template, pretrain=pretrain), report

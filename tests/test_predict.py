@@ -334,6 +334,42 @@ def test_face_crop_spec_matches_the_eval_pipeline_exactly(carphone, tmp_path):
   np.testing.assert_array_equal(prepared.clip(starts.index(56)), views["video"][1])
 
 
+def test_long_face_gap_crops_match_what_prepare_stored(carphone, tmp_path):
+  """A clip whose face is gone for 1.3 s (longer than the interpolated gap): prepare and predict
+  take the same track and crops, frame for frame, through the one face policy."""
+  frames = np.stack(video_io.read_video(carphone).frames)
+  frames[40:80] = 128
+  src = tmp_path / "videos" / "talking"
+  src.mkdir(parents=True)
+  video_io.write_video(str(src / "gap.mp4"), frames, 29.97)
+  out = str(tmp_path / "prepared")
+  assert build.main(["--src-dir", str(tmp_path / "videos"), "--out", out, "--face-crop",
+                     "--short-side", "70", "--quiet"]) == 0
+  workdir = _write_workdir(tmp_path / "ckpt", face_crop=True)
+  prep = predict.load_predictor(workdir).preprocessing
+  assert prep.face.max_gap_s == 1.0
+  prepared = predict.prepare_video(str(src / "gap.mp4"), prep, window=16, stride=8, rate=4,
+                                   keep_frames=True)
+  # The gap is held, not interpolated: the boxes inside it stay where the face was last seen.
+  held = prepared.track.boxes[45:75]
+  assert np.ptp(held, axis=0).max() < 1.0
+  views = next(iter(grain_pipeline.make_pipeline(
+      "test", out, "train", batch_size=2, num_frames=16, sampling_rate=4, img_size=64,
+      num_segments=2, shard_index=0, shard_count=1)))
+  starts = [w["start_frame"] for w in prepared.windows]
+  np.testing.assert_array_equal(prepared.clip(starts.index(0)), views["video"][0])
+  np.testing.assert_array_equal(prepared.clip(starts.index(56)), views["video"][1])
+
+
+def test_predict_package_does_not_import_the_trainer():
+  code = ("import sys, svfap_jax.predict as p; p.load_predictor; "
+          "print(sorted(m for m in sys.modules if m.startswith('svfap_jax.train')))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "[]"
+
+
 def test_face_crop_override_warns_and_is_applied(carphone, face_workdir):
   with pytest.warns(UserWarning, match="trained on face crops"):
     result = predict.predict(face_workdir, carphone, face_crop="off", stride=32)[0]

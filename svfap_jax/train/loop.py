@@ -22,7 +22,6 @@ import numpy as np
 from data_pipelines import augment, grain_pipeline
 from svfap_jax import api, checkpoint, optim, sharding
 from svfap_jax import probe as probe_lib
-from svfap_jax.interop import files, load, mapping
 from svfap_jax.models.registry import get_spec
 from svfap_jax.train import config_check, evaluate, steps
 from svfap_jax.train.state import TrainState
@@ -160,19 +159,9 @@ def resolve_schedule(config, num_train_clips: int) -> tuple[int, int, int]:
   return total, min(warmup, max(total - 1, 0)), steps_per_epoch
 
 
-def build_module(config, spec, num_outputs: int, pretrain: bool):
-  m = config.model
-  module = api.build_module(
-      spec, pretrain=pretrain, num_classes=0 if pretrain else num_outputs,
-      original_pretrain_quirks=m.original_pretrain_quirks, init_scale=m.init_scale,
-      head_activation=m.head_activation or None, keep_temporal_dim=m.keep_temporal_dim,
-      drop_rate=m.drop_rate, attn_drop_rate=m.attn_drop_rate, drop_path_rate=m.drop_path_rate,
-      dtype=m.dtype, remat=m.remat)
-  # evaluate/predict rebuild the run's module here: a linear-probe head must keep its
-  # standardisation there too.
-  if not pretrain and optim.finetune_options(config)[0] == "linear_probe":
-    module = module.clone(linear_probe=True)
-  return module
+# Kept under their former names for callers of the training module.
+build_module = api.module_from_config
+load_initial_params = checkpoint.load_initial_params
 
 
 def num_outputs_of(config, info: dict, dataset_dir: str) -> int:
@@ -189,22 +178,6 @@ def num_outputs_of(config, info: dict, dataset_dir: str) -> int:
     raise config_check.ConfigError(
         f"{dataset_dir}: clips carry no regression values; prepare the lists with --regression")
   return len(first["values"])
-
-
-def load_initial_params(path: str, template, *, pretrain: bool):
-  """Params from a pretraining/fine-tuning workdir (Orbax) or a PyTorch file, adapted to the
-  target through the PyTorch key space (drops the decoder, replaces a foreign head)."""
-  if path.endswith((".pth", ".pt", ".bin", ".safetensors")):
-    state_dict = files.load_state_dict(path)
-  else:
-    params, meta = checkpoint.restore_params(path)
-    source_pretrain = "decoder" in params
-    state_dict = mapping.to_torch_state_dict(params, pretrain=source_pretrain)
-  matched, report = load.match_state_dict(state_dict, template, pretrain=pretrain, source=path)
-  full = mapping.to_torch_state_dict(template, pretrain=pretrain)
-  full.update(matched)
-  logging.info("init_from %s: %s", path, report.summary())
-  return mapping.from_torch_state_dict(full, template, pretrain=pretrain), report
 
 
 def _abstract(tree):

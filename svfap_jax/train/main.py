@@ -95,18 +95,22 @@ def finetune_main(argv):
 def evaluate_main(argv):
   """Multi-view test of a fine-tuning workdir's best (default) or last checkpoint."""
   fv = parse_flags(argv, "svfap evaluate")
+  import jax  # pylint: disable=g-import-not-at-top
+  from svfap_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from svfap_jax.train import evaluate, loop  # pylint: disable=g-import-not-at-top
   config = fv.config
   trainer = loop.Trainer(config, fv.workdir)
-  manager = trainer.checkpointer.best if fv.checkpoint == "best" else trainer.checkpointer.last
-  if manager is None or manager.latest_step() is None:
-    manager = trainer.checkpointer.last
-  if manager.latest_step() is None:
+  # The best checkpoint (kept alone in best/) unless --checkpoint last or there is none.
+  for sub in ("best", "checkpoints") if fv.checkpoint == "best" else ("checkpoints",):
+    try:
+      params, meta = checkpoint.restore_params(os.path.join(fv.workdir, sub), prefer_ema=True)
+      break
+    except FileNotFoundError:
+      continue
+  else:
     raise SystemExit(f"svfap evaluate: no checkpoint in {fv.workdir}")
-  step = manager.best_step() if manager is trainer.checkpointer.best else manager.latest_step()
-  state, _, step = trainer.checkpointer.restore(loop._abstract(trainer.state), manager=manager,
-                                                step=step)
-  params = state.ema_params if state.ema_params is not None else state.params
+  step = meta["step"]
+  params = jax.device_put(params, trainer.param_shardings)
   result = evaluate.evaluate(trainer.module, params, config, trainer.dataset_dir,
                              config.data.test_split, kind="test", mesh=trainer.mesh,
                              task=config.task, label_names=trainer.info.get("label_names"),
