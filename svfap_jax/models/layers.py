@@ -41,6 +41,35 @@ def sincos_table(num_positions: int, dim: int) -> np.ndarray:
   return table.astype(np.float32)
 
 
+def position_table(kind: str, grid: tuple[int, int, int], dim: int) -> np.ndarray:
+  """Fixed position table of a (t, h, w) token grid, float32 (t * h * w, dim), rows in (t, h, w)
+  order.
+
+  Args:
+    kind: "sincos_1d": `sincos_table` over the flattened token index (the original SVFAP /
+      VideoMAE table). "sincos_3d": separate sinusoid tables of t, h and w, concatenated along
+      channels (t gets 2 * (dim // 8) channels, h and w split the rest), so tokens in the same row,
+      column or time step share a sub-vector whatever the grid's size.
+    grid: tokens along time, rows, columns.
+    dim: channels.
+
+  Raises:
+    ValueError: unknown `kind`.
+  """
+  t, h, w = grid
+  if kind == "sincos_1d":
+    return sincos_table(t * h * w, dim)
+  if kind != "sincos_3d":
+    raise ValueError(f"unknown position table {kind!r}; use sincos_1d or sincos_3d")
+  dim_t = 2 * (dim // 8)
+  dim_h = 2 * ((dim - dim_t) // 4)
+  dim_w = dim - dim_t - dim_h
+  ti, hi, wi = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+  return np.concatenate([sincos_table(t, dim_t)[ti.reshape(-1)],
+                         sincos_table(h, dim_h)[hi.reshape(-1)],
+                         sincos_table(w, dim_w)[wi.reshape(-1)]], axis=1)
+
+
 def _partitioned(init: Initializer, axes: tuple[Optional[str], ...]) -> Initializer:
   return nn.with_logical_partitioning(init, axes)
 
@@ -483,13 +512,15 @@ def maybe_remat(cls, policy_name: str):
 
 
 def embed_video(video, *, embed_dim: int, tubelet_size: int, patch_size: int,
-                dtype: Dtype = jnp.float32):
-  """Patch embedding (submodule `patch_embed`) plus the fixed sin-cos position table.
+                dtype: Dtype = jnp.float32, pos_embed: str = "sincos_1d"):
+  """Patch embedding (submodule `patch_embed`) plus the fixed position table (`position_table`).
 
   Must be called inside a compact module. The table is a constant, not a parameter.
   """
   x = PatchEmbed(embed_dim, tubelet_size, patch_size, dtype, name="patch_embed")(video)
-  table = sincos_table(x.shape[1], embed_dim)
+  _, frames, height, width, _ = video.shape
+  grid = (frames // tubelet_size, height // patch_size, width // patch_size)
+  table = position_table(pos_embed, grid, embed_dim)
   return x + jnp.asarray(table, dtype=x.dtype)[None]
 
 

@@ -1,6 +1,6 @@
 """MAE pretraining model: visible-token encoder + light transformer decoder over all tokens.
 
-The decoder receives the encoder output projected to its width plus sin-cos positions at the visible
+The decoder receives the encoder output projected to its width plus fixed positions at the visible
 positions, and a shared learned mask token plus positions at the masked positions; it predicts the
 pixels (tubelet x patch x patch x channels) of every masked token.
 """
@@ -69,7 +69,8 @@ class MAEPretrainModel(nn.Module):
         nn.with_logical_partitioning(
             nn.initializers.truncated_normal(0.02, lower=-1.0, upper=1.0), (None, None, None)),
         (1, 1, spec.decoder_embed_dim))
-    table = jnp.asarray(layers.sincos_table(spec.num_patches, spec.decoder_embed_dim), x.dtype)
+    table = jnp.asarray(layers.position_table(spec.pos_embed, spec.token_grid,
+                                              spec.decoder_embed_dim), x.dtype)
     positions = jnp.broadcast_to(table[None], (x.shape[0],) + table.shape)
     num_masked = spec.num_patches - num_visible
     x = jnp.concatenate([

@@ -10,6 +10,8 @@ from typing import Optional
 
 # Values of ModelSpec.attention_impl (documented in svfap_jax/models/layers.py).
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked")
+# Values of ModelSpec.pos_embed (svfap_jax/models/layers.py: position_table).
+POS_EMBEDS = ("sincos_1d", "sincos_3d")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,11 @@ class ModelSpec:
   # Attention kernel: "auto" picks per backend and dtype (see layers.resolve_attention_impl);
   # "xla", "cudnn" or "chunked" force one. Numerics only, never parameters or state_dict keys.
   attention_impl: str = "auto"
+  # Fixed position table of encoder and decoder. "sincos_1d" is the original's (one sinusoid over
+  # the flattened (t, h, w) token index, VideoMAE's get_sinusoid_encoding_table); "sincos_3d"
+  # concatenates separate sinusoids of t, h and w. The original code only knows "sincos_1d", so
+  # `export` refuses the other. Not a parameter: checkpoints carry no table.
+  pos_embed: str = "sincos_1d"
 
   @property
   def depth(self) -> int:
@@ -49,6 +56,12 @@ class ModelSpec:
   @property
   def spatial_tokens(self) -> int:
     return (self.img_size // self.patch_size) ** 2
+
+  @property
+  def token_grid(self) -> tuple[int, int, int]:
+    """(temporal, rows, columns) tokens of a full clip."""
+    side = self.img_size // self.patch_size
+    return (self.temporal_tokens, side, side)
 
   @property
   def num_patches(self) -> int:
@@ -79,6 +92,8 @@ class ModelSpec:
     if self.attention_impl not in ATTENTION_IMPLS:
       errors.append(f"attention_impl={self.attention_impl!r} must be one of "
                     f"{', '.join(ATTENTION_IMPLS)}")
+    if self.pos_embed not in POS_EMBEDS:
+      errors.append(f"pos_embed={self.pos_embed!r} must be one of {', '.join(POS_EMBEDS)}")
     if self.arch == "vit" and len(self.stage_depths) != 1:
       errors.append("a ViT has one stage: stage_depths=(depth,)")
     if self.arch == "tpsbt":
@@ -109,6 +124,14 @@ MODELS: dict[str, ModelSpec] = {
                             img_size=64, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2),
     "vit_tiny": ModelSpec("vit", 64, 4, (3,), img_size=64, decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
+    # The `make demo` model (configs/demo.py): svfap_tiny's encoder with 8 px patches, so a 64 px
+    # frame has 8 x 8 tokens and 90 % tube masking still leaves ~6 visible per frame, and a
+    # per-axis position table, with which a width-32 one-block decoder can place what it predicts
+    # (with the 1-D table it fits little more than each clip's mean colour).
+    "svfap_demo": ModelSpec("tpsbt", 64, 4, (2, 2, 2), num_bottleneck_tokens=4,
+                            spatial_hidden_dim=32, img_size=64, patch_size=8,
+                            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
+                            pos_embed="sincos_3d"),
 }
 
 

@@ -42,7 +42,8 @@ class TPSBTEncoder(nn.Module):
                deterministic: bool = True):
     spec = self.spec
     all_tokens = layers.embed_video(video, embed_dim=spec.embed_dim, tubelet_size=spec.tubelet_size,
-                                    patch_size=spec.patch_size, dtype=self.dtype)
+                                    patch_size=spec.patch_size, dtype=self.dtype,
+                                    pos_embed=spec.pos_embed)
     x = all_tokens if visible_idx is None else layers.gather_tokens(all_tokens, visible_idx)
     t = spec.temporal_tokens
     block_rates = np.linspace(0.0, self.drop_path_rate, spec.depth)

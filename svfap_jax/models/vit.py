@@ -22,7 +22,8 @@ class ViTEncoder(TPSBTEncoder):
       raise ValueError("original_pretrain_quirks applies to the TPSBT encoder only")
     spec = self.spec
     x = layers.embed_video(video, embed_dim=spec.embed_dim, tubelet_size=spec.tubelet_size,
-                           patch_size=spec.patch_size, dtype=self.dtype)
+                           patch_size=spec.patch_size, dtype=self.dtype,
+                           pos_embed=spec.pos_embed)
     if visible_idx is not None:
       x = layers.gather_tokens(x, visible_idx)
     block_cls = layers.maybe_remat(layers.Block, self.remat)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import etils.epath as epath
 import jax
@@ -10,6 +11,7 @@ import orbax.checkpoint as ocp
 
 from svfap_jax import api, checkpoint
 from svfap_jax.interop import files, mapping
+from svfap_jax.models import registry
 
 
 def export_main(argv) -> int:
@@ -24,6 +26,13 @@ def export_main(argv) -> int:
   if args.which == "best" and (epath.Path(path) / "best").exists():
     path = str(epath.Path(path) / "best")
   params, meta = checkpoint.restore_params(path)
+  spec = registry.MODELS.get(meta.get("model", ""))
+  if spec is not None and spec.pos_embed != "sincos_1d":
+    print(f"export: model {meta['model']} uses the position table pos_embed={spec.pos_embed!r}; "
+          "the original SVFAP code only has 'sincos_1d', so its weights would load there and "
+          "compute something else. Export a model whose spec keeps pos_embed='sincos_1d'.",
+          file=sys.stderr)
+    return 2
   pretrain = "decoder" in params
   state_dict = mapping.to_torch_state_dict(params, pretrain=pretrain)
   files.save_state_dict(state_dict, args.out)

@@ -1,0 +1,69 @@
+"""Position tables (models/layers.position_table) and the models that use them."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from svfap_jax import api
+from svfap_jax.interop import torch_twin
+from svfap_jax.models import layers, registry
+from svfap_jax.train import export
+
+
+def _sinusoid(p: int, j: int, dim: int) -> float:
+  """One entry of the sinusoid table, from its formula (sine on even, cosine on odd channels)."""
+  angle = p / 10000 ** (2 * (j // 2) / dim)
+  return math.sin(angle) if j % 2 == 0 else math.cos(angle)
+
+
+def test_sincos_1d_is_the_original_flat_table():
+  table = layers.position_table("sincos_1d", (8, 4, 4), 32)
+  np.testing.assert_allclose(table, torch_twin.sincos_table(128, 32), atol=1e-6)
+
+
+def test_sincos_3d_concatenates_per_axis_sinusoids():
+  grid, dim = (4, 3, 5), 40   # t: 10 channels, h: 14, w: 16
+  table = layers.position_table("sincos_3d", grid, dim)
+  assert table.shape == (60, 40) and table.dtype == np.float32
+  for row, (t, h, w) in enumerate(np.ndindex(*grid)):
+    expect = ([_sinusoid(t, j, 10) for j in range(10)] + [_sinusoid(h, j, 14) for j in range(14)]
+              + [_sinusoid(w, j, 16) for j in range(16)])
+    np.testing.assert_allclose(table[row], expect, atol=1e-6, err_msg=f"token {(t, h, w)}")
+
+
+def test_unknown_table_is_refused():
+  with pytest.raises(ValueError, match="sincos_1d or sincos_3d"):
+    layers.position_table("learned", (2, 2, 2), 8)
+  with pytest.raises(ValueError, match="pos_embed"):
+    registry.get_spec("svfap_tiny", pos_embed="rope")
+
+
+def test_demo_model_uses_its_table():
+  """svfap_demo and the same spec with the 1-D table give different outputs on the same weights."""
+  spec = registry.get_spec("svfap_demo")
+  assert spec.token_grid == (8, 8, 8) and spec.pos_embed == "sincos_3d"
+  video = jax.random.normal(jax.random.key(1), (2, 16, 64, 64, 3))
+  mask = np.zeros((2, 8, 64), bool)
+  mask[:, :, 6:] = True   # tube mask: the same 6 visible tokens in every frame
+  mask = jnp.asarray(mask.reshape(2, -1))
+  outs = []
+  for table in ("sincos_3d", "sincos_1d"):
+    s = registry.get_spec("svfap_demo", pos_embed=table)
+    module = api.build_module(s, pretrain=True)
+    params, _ = api.init_params(module, s, jax.random.key(0), True)
+    if outs:
+      params = outs[0][1]   # same weights: only the table differs
+    outs.append((module.apply({"params": params}, video, mask, num_visible=48), params))
+  assert outs[0][0].shape == (2, 512 - 48, spec.patch_pixels)
+  assert float(jnp.abs(outs[0][0] - outs[1][0]).max()) > 1e-3
+
+
+def test_export_refuses_a_table_the_original_code_lacks(monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(export.checkpoint, "restore_params",
+                      lambda path: ({"encoder": {}}, {"model": "svfap_demo", "step": 1}))
+  out = tmp_path / "m.pth"
+  assert export.export_main(["--workdir", str(tmp_path), "--out", str(out)]) == 2
+  assert not out.exists()
+  assert "pos_embed='sincos_3d'" in capsys.readouterr().err
