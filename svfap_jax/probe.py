@@ -527,12 +527,10 @@ class Embedder:
 def _check_dataset(dataset_dir: str, splits: Sequence[str],
                    fields: str = "--train-split/--test-split") -> dict:
   from data_pipelines import records  # pylint: disable=g-import-not-at-top
-  import etils.epath as epath  # pylint: disable=g-import-not-at-top
-  info_path = epath.Path(dataset_dir) / "dataset_info.json"
-  if not info_path.exists():
-    raise ProbeError(f"{dataset_dir} has no dataset_info.json; write the dataset with "
-                     "`python -m svfap_jax prepare ... --out DIR` first")
-  info = json.loads(info_path.read_text())
+  try:
+    info = records.load_info(dataset_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise ProbeError(str(e)) from None
   have = sorted(set(info.get("splits", {})) | set(records.list_splits(dataset_dir)))
   for split in splits:
     if split not in have:

@@ -145,12 +145,16 @@ def test_probe_command_end_to_end(dataset, tmp_path, monkeypatch, capsys):
 def test_probe_command_refuses_bad_input_briefly(dataset, tmp_path, capsys):
   from svfap_jax import cli
   data, _ = dataset
+  (tmp_path / "bad_info").mkdir()
+  (tmp_path / "bad_info" / "dataset_info.json").write_text('{"splits": ')
   with pytest.raises(SystemExit) as exit_info:   # argparse: exit status 2 and a usage line
     cli.main(["probe", "--data", data, "--random-init"])
   assert exit_info.value.code == 2 and "needs --model" in capsys.readouterr().err
   cases = [
       (["--data", str(tmp_path / "nothing"), "--random-init", "--model", MODEL],
-       "no dataset_info.json"),
+       "dataset_info.json is missing"),
+      (["--data", str(tmp_path / "bad_info"), "--random-init", "--model", MODEL],
+       "not readable JSON"),
       (["--data", data, "--random-init", "--model", MODEL, "--test-split", "val"],
        "has no split 'val'"),
       (["--data", data, "--random-init", "--model", "svfap_huge"], "unknown model"),
