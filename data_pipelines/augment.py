@@ -143,7 +143,8 @@ def affine_resample(video: jax.Array, matrix: jax.Array, out_h: int, out_w: int,
 
 
 # ------------------------------------------------------------------------------------------------
-# Random resized crop and flip.
+# Random resized crop (its matrix and the flip's compose with RandAugment's geometry in
+# `finetune_train_augment`).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -183,24 +184,6 @@ def _per_sample(fn: Callable, rng: jax.Array, *args):
   """vmaps `fn(key, *sample_args)` over the batch with one key per sample."""
   keys = jax.random.split(rng, args[0].shape[0])
   return jax.vmap(fn)(keys, *args)
-
-
-def random_resized_crop(rng: jax.Array, video: jax.Array, img_size: int, scale=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> jax.Array:
-  """Per-clip random resized crop of (B, T, H, W, C) to (B, T, img_size, img_size, C) float32."""
-  h, w = video.shape[2:4]
-
-  def one(key, clip):
-    box = sample_crop_box(key, h, w, scale, ratio)
-    return affine_resample(clip, _crop_matrix(*box, img_size, img_size), img_size, img_size)
-
-  return _per_sample(one, rng, video)
-
-
-def horizontal_flip(rng: jax.Array, video: jax.Array, prob: float = 0.5) -> jax.Array:
-  """Mirrors each clip (all its frames) left-right with probability `prob`."""
-  flip = jax.random.bernoulli(rng, prob, (video.shape[0],))
-  return jnp.where(flip[:, None, None, None, None], video[:, :, :, ::-1], video)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -131,32 +131,3 @@ def mse(pred: jax.Array, target: jax.Array) -> jax.Array:
   # NaN never enters the graph: a NaN target times a zero mask would still give NaN gradients.
   diff = jnp.where(present, pred.astype(jnp.float32) - jnp.where(present, target, 0.0), 0.0)
   return jnp.sum(jnp.square(diff)) / jnp.maximum(jnp.sum(present), 1).astype(jnp.float32)
-
-
-def _as_columns(x: jax.Array) -> jax.Array:
-  """(N,) -> (N, 1); (..., K) -> (prod(...), K): one column per output dimension."""
-  x = x.astype(jnp.float32)
-  return x[:, None] if x.ndim == 1 else x.reshape(-1, x.shape[-1])
-
-
-def ccc_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-8) -> jax.Array:
-  """1 - concordance correlation coefficient, per output dimension over the batch, averaged.
-
-  CCC = 2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2) with population moments over
-  the rows whose target is present (NaN = missing, left out per dimension); `eps` keeps a batch
-  with constant predictions and targets finite. A dimension without any present value
-  contributes 0.0 and is left out of the average.
-  """
-  p, t = _as_columns(pred), _as_columns(target)
-  present = ~jnp.isnan(t)
-  w = present.astype(jnp.float32)
-  n = jnp.sum(w, axis=0)
-  safe_n = jnp.maximum(n, 1.0)
-  t = jnp.where(present, t, 0.0)
-  mp, mt = jnp.sum(w * p, axis=0) / safe_n, jnp.sum(w * t, axis=0) / safe_n
-  cov = jnp.sum(w * (p - mp) * (t - mt), axis=0) / safe_n
-  var_p = jnp.sum(w * jnp.square(p - mp), axis=0) / safe_n
-  var_t = jnp.sum(w * jnp.square(t - mt), axis=0) / safe_n
-  per_dim = 1.0 - 2.0 * cov / (var_p + var_t + jnp.square(mp - mt) + eps)
-  used = n > 0
-  return jnp.sum(jnp.where(used, per_dim, 0.0)) / jnp.maximum(jnp.sum(used), 1)

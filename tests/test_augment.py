@@ -43,29 +43,67 @@ def test_normalize_and_eval_pretrain_preprocess_match_the_formula():
   assert A.normalize(v, dtype=jnp.bfloat16).dtype == jnp.bfloat16
 
 
+# Fine-tuning geometry only: no RandAugment, mixing or erasing, so the output is the crop/flip
+# resampling of the clip, normalised.
+_GEOMETRY_ONLY = dict(rand_augment=False, mixup_alpha=0.0, cutmix_alpha=0.0, erase_prob=0.0,
+                      label_smoothing=0.0)
+
+
+def _unnormalize(video):
+  return (np.asarray(video) * np.float32(A.IMAGENET_STD) + np.float32(A.IMAGENET_MEAN)) * 255
+
+
 def test_flip_mirrors_whole_clips():
-  v = _video(2)
-  np.testing.assert_array_equal(A.horizontal_flip(jax.random.PRNGKey(0), v, 1.0),
-                                v[:, :, :, ::-1])
-  np.testing.assert_array_equal(A.horizontal_flip(jax.random.PRNGKey(0), v, 0.0), v)
-  out = np.asarray(jax.jit(A.horizontal_flip)(jax.random.PRNGKey(3), v))
-  for b in range(B):  # each clip is either untouched or mirrored in every frame
-    assert np.array_equal(out[b], v[b]) or np.array_equal(out[b], v[b, :, :, ::-1])
+  """The production flip matrix: probability 1 mirrors every frame, 0 leaves the clip alone and
+  0.5 mirrors whole clips, never single frames."""
+  square = _video(2, (B, T, 16, 16, 3))
+  labels = jnp.zeros((B,), jnp.int32)
+  whole = dict(img_size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **_GEOMETRY_ONLY)
+  run = jax.jit(lambda r, v, p: A.finetune_train_augment(
+      r, v, labels, 2, A.AugmentConfig(flip_prob=p, **whole))[0], static_argnums=2)
+  np.testing.assert_allclose(_unnormalize(run(jax.random.PRNGKey(0), square, 1.0)),
+                             square[:, :, :, ::-1], atol=1e-3)
+  np.testing.assert_allclose(_unnormalize(run(jax.random.PRNGKey(0), square, 0.0)), square,
+                             atol=1e-3)
+  flipped = 0
+  for seed in range(4):
+    out = np.rint(_unnormalize(run(jax.random.PRNGKey(seed), square, 0.5)))
+    for b in range(B):  # each clip is either untouched or mirrored in every frame
+      mirrored = np.array_equal(out[b], square[b, :, :, ::-1])
+      assert mirrored or np.array_equal(out[b], square[b])
+      flipped += mirrored
+  assert 0 < flipped < 4 * B
 
 
 def test_random_resized_crop_identity_and_same_box_for_all_frames():
-  square = _video(3, (B, T, 16, 16, 3))
+  """The production crop matrix: a full-frame box is the identity, and one box (its bilinear
+  weights included) serves every frame of a clip."""
+  labels = jnp.zeros((B,), jnp.int32)
   # Frame t = frame 0 + 10 t: one box for the clip keeps that offset after bilinear resampling.
   base = np.random.default_rng(4).integers(0, 200, (B, 1, H, W, 3)).astype(np.float32)
   clip = base + 10.0 * np.arange(T, dtype=np.float32)[None, :, None, None, None]
-  both = jax.jit(lambda r, sq, v: (A.random_resized_crop(r, sq, 16, scale=(1, 1), ratio=(1, 1)),
-                                   A.random_resized_crop(r, v, 12)))
-  same, out = both(jax.random.PRNGKey(1), square, clip)
-  np.testing.assert_allclose(same, square, atol=1e-4)
-  out = np.asarray(out)
+  crop = A.AugmentConfig(img_size=12, flip_prob=0.5, **_GEOMETRY_ONLY)
+  out = jax.jit(lambda r, v: A.finetune_train_augment(r, v, labels, 2, crop)[0])(
+      jax.random.PRNGKey(1), clip)
+  out = _unnormalize(out)
   assert out.shape == (B, T, 12, 12, 3)
   for t in range(T):
-    np.testing.assert_allclose(out[:, t] - out[:, 0], 10.0 * t, atol=1e-3)
+    np.testing.assert_allclose(out[:, t] - out[:, 0], 10.0 * t, atol=1e-2)
+  # A box of the whole frame, without flip, resamples the clip onto itself.
+  square = _video(3, (B, T, 16, 16, 3))
+  identity = A._crop_matrix(0.0, 0.0, 16.0, 16.0, 16, 16) @ A._flip_matrix(False, 16)
+  np.testing.assert_allclose(A.affine_resample(square[0], identity, 16, 16), square[0],
+                             atol=1e-4)
+  # A crop of the left half stretched to the full width: output column j samples source column
+  # (j + 0.5) / 2 - 0.5, bilinearly.
+  half = np.asarray(A.affine_resample(square[0], A._crop_matrix(0.0, 0.0, 16.0, 8.0, 16, 16),
+                                      16, 16))
+  src = square[0].astype(np.float32)
+  for j in range(16):
+    x = min(max((j + 0.5) / 2 - 0.5, 0.0), 15.0)
+    x0 = int(np.floor(x))
+    want = src[:, :, x0] * (1 - (x - x0)) + src[:, :, min(x0 + 1, 15)] * (x - x0)
+    np.testing.assert_allclose(half[:, :, j], want, atol=1e-3)
   # Boxes respect the scale range and stay inside the frame.
   keys = jax.random.split(jax.random.PRNGKey(2), 200)
   top, left, h, w = (np.asarray(x) for x in jax.jit(jax.vmap(
