@@ -65,9 +65,40 @@ def host_batch(spec, config, batch: int, seed: int = 0) -> dict[str, np.ndarray]
           "values": np.zeros((batch, 0), np.float32)}
 
 
+def parse_compiler_options(text: str) -> dict[str, Any]:
+  """"name=value,name=value" -> XLA debug options for one compilation.
+
+  "true"/"false" become booleans and integers ints; anything else stays a string (an empty value,
+  as in "xla_cpu_experimental_ynn_fusion_type=", is the empty string). Names may carry the leading
+  "--" of their XLA_FLAGS spelling.
+
+  Raises:
+    ValueError: an item without "=".
+  """
+  options: dict[str, Any] = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    if "=" not in item:
+      raise ValueError(f"XLA option {item!r} has no '=': write name=value, e.g. "
+                       "xla_cpu_use_onednn=true")
+    name, value = item.split("=", 1)
+    name = name.strip().lstrip("-")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+      options[name] = lowered == "true"
+    elif lowered.lstrip("-").isdigit():
+      options[name] = int(lowered)
+    else:
+      options[name] = value.strip()
+  return options
+
+
 def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int = 7,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, compiler_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
   """Builds and compiles the trainer's step for `config` on the default device.
+
+  `compiler_options` are XLA debug options for this compilation only (the same names as the
+  XLA_FLAGS flags, e.g. {"xla_cpu_use_onednn": True}), so flag variants can be timed side by
+  side in one process.
 
   Returns a dict with `run` (one step, blocking), `flops` (XLA's count on the lowered step),
   `params` (the initial parameters, for the twin), `batch` (host arrays), `compiled`,
@@ -105,7 +136,7 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
   lowered = jitted.lower(state, device_batch)
   cost = lowered.cost_analysis()
   flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t0
   holder = {"state": state}
 
@@ -203,6 +234,12 @@ def measure_case(args, mode: str, batch: int) -> dict[str, Any]:
   for impl in args.also_impl:
     extra[impl] = jax_case(config, attention_impl=impl)
     fns[f"jax_{impl}"] = extra[impl]["run"]
+  for text in args.also_xla:
+    # Keys must stay free of spaces: the table prints them as column labels.
+    label = "xla[" + text.replace(" ", "") + "]"
+    extra[label] = jax_case(config, attention_impl=args.attention_impl,
+                            compiler_options=parse_compiler_options(text))
+    fns[f"jax_{label}"] = extra[label]["run"]
   if not args.skip_torch:
     fns["torch"] = twin_case(config, case["spec"], case["params"], case["batch"], args.dtype)
   load_before = uptime()
@@ -257,6 +294,10 @@ def parse_args(argv=None):
   parser.add_argument("--also-impl", action="append", default=[],
                       help="another attention_impl to time in the same interleaved rounds "
                       "(repeatable), e.g. --also-impl xla")
+  parser.add_argument("--also-xla", action="append", default=[], metavar="NAME=VALUE,...",
+                      help="another JAX step compiled with these XLA options (the XLA_FLAGS "
+                      "names, for this compilation only) and timed in the same rounds "
+                      "(repeatable), e.g. --also-xla xla_cpu_use_onednn=true")
   parser.add_argument("--compile-cache", default="",
                       help="persistent XLA compilation cache directory (reruns skip compiling)")
   parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the parameters")
@@ -269,6 +310,11 @@ def parse_args(argv=None):
                       help="the device's peak for --dtype (e.g. 989 for H100 SXM bf16 dense); "
                       "adds model-FLOPs utilisation (MFU) columns")
   args = parser.parse_args(argv)
+  for text in args.also_xla:
+    try:
+      parse_compiler_options(text)
+    except ValueError as e:
+      parser.error(f"--also-xla: {e}")
   unknown = set(args.cases.split(",")) - set(CASES)
   if unknown:
     parser.error(f"--cases: unknown {sorted(unknown)}; choose from {sorted(CASES)}")

@@ -37,6 +37,27 @@ def test_arguments_and_modes(tmp_path):
     step_throughput.parse_args(["--cases", "finetune,eval"])
 
 
+def test_xla_options_parse_and_reach_the_compiler():
+  parse = step_throughput.parse_compiler_options
+  assert parse("--xla_cpu_use_onednn=true, xla_cpu_experimental_ynn_fusion_type=,"
+               "xla_backend_optimization_level=0") == {
+                   "xla_cpu_use_onednn": True, "xla_cpu_experimental_ynn_fusion_type": "",
+                   "xla_backend_optimization_level": 0}
+  assert parse("") == {}
+  with pytest.raises(ValueError, match="has no '='"):
+    parse("xla_cpu_use_onednn")
+  with pytest.raises(SystemExit):
+    step_throughput.parse_args(["--also-xla", "xla_cpu_use_onednn"])
+  args = step_throughput.parse_args(["--also-xla", "xla_cpu_use_onednn=true", "--also-xla",
+                                     "xla_cpu_enable_fast_math=false"])
+  assert args.also_xla == ["xla_cpu_use_onednn=true", "xla_cpu_enable_fast_math=false"]
+  # The options apply to one compilation: XLA validates them there.
+  lowered = jax.jit(lambda a: a @ a).lower(jnp.ones((8, 8), jnp.float32))
+  assert lowered.compile(compiler_options=parse("xla_cpu_enable_fast_math=false")) is not None
+  with pytest.raises(Exception, match="xla_cpu_enable_fast_math"):
+    lowered.compile(compiler_options={"xla_cpu_enable_fast_math": "maybe"})
+
+
 def test_tiny_attention_phase_writes_json(tmp_path):
   assert gpu_suite.main(["--out", str(tmp_path), "--tiny", "--only", "attention",
                          "--compile-cache", ""]) == 0
