@@ -146,6 +146,37 @@ def create_model(name: str, *, num_classes: int = 0, pretrain: bool = False, see
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, dtype: str = "float32", remat: str = "none",
                  **spec_overrides) -> Model:
+  """Builds a registered model with freshly initialised parameters.
+
+  The returned `Model` is callable on numpy arrays. A classifier takes normalised float32 video
+  (B, T, H, W, 3) (T, H, W from the spec: 16 x 160 x 160 for the SVFAP sizes; ImageNet mean/std
+  as `data_pipelines.augment.normalize`) and returns float32 (B, num_classes), (B, T, num_classes)
+  with `keep_temporal_dim`, or the pooled embedding (B, embed_dim) when num_classes is 0. A
+  pretraining model (`pretrain=True`) takes (video, mask) with mask bool (B, num_patches), True =
+  masked, the same visible count in every sample (a tube mask for the TPSBT), and returns the
+  reconstruction of the masked patches, float32 (B, num_masked, patch_t * patch^2 * 3).
+
+  Args:
+    name: a registered model (`svfap_jax.models.registry`), e.g. "svfap_base", "svfap_tiny".
+    num_classes: head size; 0 = no head.
+    pretrain: build the MAE pretraining model (encoder + decoder) instead of a classifier.
+    seed: PRNG seed of the initialisation.
+    original_pretrain_quirks: reproduce the original code's two pretraining defects (README).
+    init_scale: multiplies the head's initial weights.
+    head_activation: None, "sigmoid", "tanh" or "relu" after the head.
+    keep_temporal_dim: per-frame outputs instead of one per clip.
+    drop_rate: dropout after the MLP layers (training only); attn_drop_rate: on attention
+      weights.
+    drop_path_rate: stochastic depth, linearly increasing over the blocks.
+    dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+    remat: activation recomputation, "none", "full" or "dots".
+    **spec_overrides: `ModelSpec` fields to change (e.g. img_size=64, num_frames=8).
+
+  Raises:
+    KeyError: `name` is not registered (the message lists the registered names).
+    TypeError: a spec override names no `ModelSpec` field.
+    ValueError: a spec override or option is invalid.
+  """
   spec = get_spec(name, **spec_overrides)
   options = dict(num_classes=num_classes, original_pretrain_quirks=original_pretrain_quirks,
                  init_scale=init_scale, head_activation=head_activation,

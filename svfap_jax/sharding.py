@@ -49,6 +49,21 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
 
 
 def create_mesh(sizes: Mapping[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """The ('data', 'fsdp', 'tensor') mesh over `devices` (default: all of `jax.devices()`).
+
+  Args:
+    sizes: devices per axis, e.g. {"data": -1} or {"data": 2, "fsdp": 4}; axes not given are 1
+      and at most one may be -1 (all remaining devices).
+    devices: the devices to lay out; the physical topology is followed where JAX knows it
+      (TPU, NVLink domains), else the given order.
+
+  Returns:
+    A `jax.sharding.Mesh` with axis names `MESH_AXES` and shape (data, fsdp, tensor).
+
+  Raises:
+    ValueError: an unknown axis name, more than one -1, or sizes whose product is not the
+      number of devices.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
   try:

@@ -55,6 +55,21 @@ class MAEPretrainModel(nn.Module):
 
   @nn.compact
   def __call__(self, video, mask, *, num_visible: int, deterministic: bool = True):
+    """Reconstructs the masked patches of a clip.
+
+    Args:
+      video: float (B, T, H, W, 3) normalised frames (spec.num_frames x spec.img_size^2).
+      mask: bool (B, spec.num_patches), True = masked, with `num_visible` False entries in every
+        row; the TPSBT needs a tube mask (`masking.tube_mask`). `api.check_mask` validates one:
+        a row with another count is not detected here.
+      num_visible: visible tokens per row (static: one compiled program per value).
+      deterministic: False turns on drop path (needs a "dropout" rng).
+
+    Returns:
+      float32 (B, spec.num_patches - num_visible, tubelet_size * patch_size^2 * 3): the pixels
+      predicted for the masked patches, in ascending token order (the rows of
+      `losses.patchify_targets` at the masked positions).
+    """
     spec = self.spec
     visible_idx, masked_idx = split_mask(mask, num_visible)
     encoded = encoder_class(spec)(

@@ -40,6 +40,21 @@ class TPSBTEncoder(nn.Module):
   @nn.compact
   def __call__(self, video, visible_idx: Optional[jnp.ndarray] = None, *,
                deterministic: bool = True):
+    """Encodes a clip.
+
+    Args:
+      video: float (B, T, H, W, 3) normalised frames, T = spec.num_frames, H = W = spec.img_size.
+      visible_idx: int (B, n) ascending indices of the tokens to encode (pretraining: the
+        visible tokens of a tube mask, the same spatial positions in every temporal slice);
+        None encodes all spec.num_patches tokens.
+      deterministic: False turns on dropout and drop path (needs a "dropout" rng).
+
+    Returns:
+      Without `pretraining`: (tokens, t), tokens in the compute dtype (B, t * s, spec.embed_dim)
+      of the last stage, t temporal slices after the temporal downsamplings, s spatial positions
+      each. With `pretraining`: the layer-normed sum of every stage's output upsampled back to
+      the input's temporal resolution, (B, n, spec.embed_dim).
+    """
     spec = self.spec
     all_tokens = layers.embed_video(video, embed_dim=spec.embed_dim, tubelet_size=spec.tubelet_size,
                                     patch_size=spec.patch_size, dtype=self.dtype,

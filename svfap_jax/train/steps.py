@@ -40,6 +40,25 @@ def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
 
 def make_pretrain_step(module, tx, spec: ModelSpec, *, mask_kind: str, mask_ratio: float,
                        normalize_target: bool = True, ema_decay: float = 0.0) -> Callable:
+  """The MAE pretraining step: draws a mask, reconstructs, updates.
+
+  Args:
+    module: `MAEPretrainModel` built for `spec`.
+    tx: the optax optimizer of `state.opt_state`.
+    spec: the model spec (token grid, patch sizes).
+    mask_kind: "tube" (the same spatial positions in every temporal slice) or "random".
+    mask_ratio: fraction of tokens masked, in (0, 1).
+    normalize_target: regress per-patch normalised pixels (the paper) instead of raw ones.
+    ema_decay: > 0 keeps `state.ema_params` as an exponential moving average.
+
+  Returns:
+    step(state, batch) -> (state, metrics), for `jax.jit`. batch["video"] is uint8
+    (B, T, H, W, 3) at spec.num_frames x spec.img_size^2; metrics are float32 scalars "loss"
+    (masked-patch MSE) and "grad_norm" and int32 "nonfinite" (1: the update was skipped).
+
+  Raises:
+    ValueError: an unknown mask_kind (config_check refuses ratios outside (0, 1) earlier).
+  """
   num_visible = masking.num_visible(mask_kind, spec.temporal_tokens, spec.spatial_tokens,
                                     mask_ratio)
 
@@ -68,6 +87,23 @@ def make_pretrain_step(module, tx, spec: ModelSpec, *, mask_kind: str, mask_rati
 
 def make_finetune_step(module, tx, *, task: str, num_outputs: int, augment_cfg,
                        ema_decay: float = 0.0) -> Callable:
+  """The fine-tuning step: device-side augmentation, forward, loss, update.
+
+  Args:
+    module: the classifier / regressor (`VideoClassifier`).
+    tx: the optax optimizer of `state.opt_state`.
+    task: "classification" (soft-target cross entropy after mixup/cutmix; label -1 is left out)
+      or "regression" (MSE on batch["values"]; NaN values are left out, no mixing).
+    num_outputs: classes or regression dimensions.
+    augment_cfg: `augment.AugmentConfig` (static).
+    ema_decay: > 0 keeps `state.ema_params` as an exponential moving average.
+
+  Returns:
+    step(state, batch) -> (state, metrics), for `jax.jit`. batch: "video" uint8
+    (B, T, H, W, 3) host crops (cropped to augment_cfg.img_size on device), "label" int32 (B,),
+    "values" float32 (B, K). metrics: float32 "loss", "grad_norm"; int32 "nonfinite" (1: the
+    update was skipped) and "missing_targets" (unlabelled clips or NaN values in the batch).
+  """
   def step(state: TrainState, batch: dict[str, Any]):
     aug_key, dropout_key = jax.random.split(state.step_key())
     if task == "classification":
@@ -105,7 +141,8 @@ def make_finetune_step(module, tx, *, task: str, num_outputs: int, augment_cfg,
 
 
 def make_eval_step(module, *, task: str) -> Callable:
-  """(params, batch) -> per-example scores: softmax probabilities or regression outputs."""
+  """(params, batch) -> per-example float32 scores, (B, K): softmax probabilities
+  (classification) or regression outputs. batch["video"]: uint8 (B, T, H, W, 3) at img_size."""
   def step(params, batch):
     video = augment.eval_preprocess(batch["video"])
     out = module.apply({"params": params}, video, deterministic=True)
@@ -114,7 +151,8 @@ def make_eval_step(module, *, task: str) -> Callable:
 
 
 def make_features_step(module) -> Callable:
-  """(params, batch) -> pooled, normalised encoder embeddings (B, C)."""
+  """(params, batch) -> pooled, normalised encoder embeddings (B, embed_dim) (the input of the
+  head; `probe` uses them). batch["video"]: uint8 (B, T, H, W, 3) at img_size."""
   def step(params, batch):
     video = augment.eval_preprocess(batch["video"])
     return module.apply({"params": params}, video, deterministic=True, return_features=True)
