@@ -119,6 +119,7 @@ def main(argv=None) -> int:
 
   from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
   from data_pipelines import build  # pylint: disable=g-import-not-at-top
+  from data_pipelines import records  # pylint: disable=g-import-not-at-top
   from data_pipelines.synthetic import EMOTIONS  # pylint: disable=g-import-not-at-top
   from data_pipelines.synthetic import make_synthetic_dataset  # pylint: disable=g-import-not-at-top
   from svfap_jax.train import loop  # pylint: disable=g-import-not-at-top
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
     _probe_png(probe_rows, os.path.join(out, "probe.png"))
   recon_dir = os.path.join(runs["pretrain"], "reconstructions")
   recon = sorted(os.listdir(recon_dir))[-1] if os.path.isdir(recon_dir) else None
-  info = json.load(open(os.path.join(data_dir, "dataset_info.json")))
+  info = records.load_info(data_dir)
   num_classes = info["num_classes"]
   chance = 1.0 / num_classes
   test = {name: {k: results[name]["test_last"][k] for k in ("uar", "war", "macro_f1")}
