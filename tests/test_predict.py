@@ -536,3 +536,18 @@ def test_demo_model_labels_follow_expression_segments(tmp_path):
   assert result["preprocessing"]["face_crop"] is False
   majorities = _segment_majorities(result, DEMO_SEGMENTS)
   assert majorities == [e for e, _ in DEMO_SEGMENTS], [w["label"] for w in result["windows"]]
+
+
+def test_video_list_and_outputs_are_utf8_whatever_the_locale(tmp_path):
+  """A list naming non-ASCII files is read under LC_ALL=C (the list is UTF-8 by contract)."""
+  (tmp_path / "vidéo_é.mp4").write_bytes(b"")
+  (tmp_path / "list.txt").write_text("# clips\nvidéo_é.mp4\n", encoding="utf-8")
+  code = (
+      "import sys\n"
+      "from svfap_jax.predict import cli, outputs\n"
+      "print(cli.read_video_list(sys.argv[1])[0].encode('utf-8').hex())\n")
+  env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONPATH=str(ROOT))
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "list.txt")], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert bytes.fromhex(out.stdout.split()[-1]).decode("utf-8") == str(tmp_path / "vidéo_é.mp4")

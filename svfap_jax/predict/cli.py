@@ -23,7 +23,7 @@ def read_video_list(path: str) -> list[str]:
   """Video paths of a list file (relative paths from its folder; blank and # lines skipped)."""
   base = os.path.dirname(os.path.abspath(path))
   out = []
-  with open(path) as f:
+  with open(path, encoding="utf-8") as f:
     for line in f:
       line = line.strip()
       if not line or line.startswith("#"):

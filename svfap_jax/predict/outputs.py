@@ -32,7 +32,7 @@ def write_predictions(results: Sequence[dict], out: str, *, as_list: bool) -> No
       raise ValueError("no video could be scored; nothing to write")
     labels, key = ok[0]["labels"], ("p" if ok[0]["task"] == "classification" else "v")
     field = "probs" if key == "p" else "values"
-    with open(out, "w", newline="") as f:
+    with open(out, "w", newline="", encoding="utf-8") as f:
       w = csv.writer(f)
       w.writerow(["video", "index", "start_s", "end_s", "start_frame", "end_frame", "label",
                   "face_fraction", "mostly_no_face"] + [f"{key}_{n}" for n in labels])
@@ -44,7 +44,7 @@ def write_predictions(results: Sequence[dict], out: str, *, as_list: bool) -> No
                      + [f"{p:.6f}" for p in win[field]])
     return
   payload = [public(r) for r in results] if as_list else public(results[0])
-  with open(out, "w") as f:
+  with open(out, "w", encoding="utf-8") as f:
     json.dump(payload, f, indent=1)
     f.write("\n")
 
@@ -103,7 +103,7 @@ def write_embeddings(results: Sequence[dict], out: str) -> list[str]:
                 "window_video": owner}, allow_pickle=True)
   side = _sidecar_path(out)
   meta = [{k: v for k, v in r.items() if k not in ("embeddings", "embedding")} for r in results]
-  with open(side, "w") as f:
+  with open(side, "w", encoding="utf-8") as f:
     json.dump(meta[0] if single else meta, f, indent=1)
     f.write("\n")
   return [out, side]
