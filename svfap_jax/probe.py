@@ -393,19 +393,6 @@ class SplitEmbeddings:
   num_views: int
 
 
-def _local_rows(x) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in local batch order."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  seen, rows = set(), []
-  for s in shards:
-    key = (s.index[0].start, s.index[0].stop)
-    if key not in seen:
-      seen.add(key)
-      rows.append(np.asarray(s.data))
-  return np.concatenate(rows)
-
 
 def _allgather(x: np.ndarray) -> np.ndarray:
   """Every process's rows of a host array, in process order (the array itself on one process)."""
@@ -500,7 +487,8 @@ class Embedder:
     feats, index, labels, keep, corrupt = [], [], [], [], []
     for batch in pipeline:
       video = sharding.host_to_global({"video": batch["video"]}, self.mesh)["video"]
-      feats.append(_local_rows(_embed_fn()(self.module, params, video)).astype(np.float32))
+      feats.append(
+          sharding.local_rows(_embed_fn()(self.module, params, video)).astype(np.float32))
       index.append(np.asarray(batch["index"], np.int64))
       labels.append(np.asarray(batch["label"], np.int64))
       keep.append(np.asarray(batch["mask"], bool))

@@ -136,6 +136,24 @@ def host_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax
   return out
 
 
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in local batch order.
+
+  The inverse of `host_to_global` for one field: (global_batch, ...) -> (local_batch, ...).
+  Replicas of a row (a mesh axis the batch is not split over) are taken once.
+  """
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  seen, rows = set(), []
+  for s in shards:
+    key = (s.index[0].start, s.index[0].stop)
+    if key not in seen:
+      seen.add(key)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)
+
+
 def global_to_host(x: jax.Array) -> np.ndarray:
   """The full value of a (possibly multi-process) array on every host."""
   if getattr(x, "is_fully_addressable", True):

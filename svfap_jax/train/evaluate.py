@@ -28,19 +28,6 @@ def _gather(x: np.ndarray) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in local batch order."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  seen, rows = set(), []
-  for s in shards:
-    key = (s.index[0].start, s.index[0].stop)
-    if key not in seen:
-      seen.add(key)
-      rows.append(np.asarray(s.data))
-  return np.concatenate(rows)
-
 
 def _gather_strings(values: Sequence[str]) -> list[str]:
   """Every process's strings, in process order; any length and script.
@@ -130,7 +117,7 @@ def evaluate(module, params, config, dataset_dir: str, split: str, *, kind: str,
   batches = iter(pipeline)
   for batch in batches:
     video = sharding.host_to_global({"video": batch["video"]}, mesh)["video"]
-    scores.append(_local_rows(eval_fn(params, {"video": video})).astype(np.float32))
+    scores.append(sharding.local_rows(eval_fn(params, {"video": video})).astype(np.float32))
     ids.extend(_as_str(i) for i in batch["id"])
     records.append(np.asarray(batch["index"], np.int64))
     labels.append(np.asarray(batch["label"]))
