@@ -6,6 +6,7 @@ Tolerances, for q, k, v drawn from N(0, 1) (outputs and gradients are O(1)):
   the float32 reference of the same bf16-rounded inputs.
 Every kernel that can run on this machine is checked; cuDNN only where JAX runs on a GPU.
 """
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,3 +195,32 @@ def test_attention_dropout_runs_with_every_kernel():
     assert a.shape == (1, 2) and not np.allclose(a, b_)
     np.testing.assert_allclose(model(video), svfap_jax.create_model(
         "vit_tiny", attention_impl=kernel, **shallow)(video), atol=1e-6)
+
+
+@pytest.mark.parametrize("parts,dtype,tol", [(3, jnp.float32, 1e-6), (2, jnp.bfloat16, 1e-2)])
+def test_split_projection_is_the_fused_dense_cut_in_parts(parts, dtype, tol):
+  """Same `kernel` parameter (shape, init, axes) as the fused bias-free Dense it replaces, and
+  the same outputs and kernel gradient as slicing that Dense's output (float64 numpy reference)."""
+  c, f = 24, 8
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, c)), jnp.float32)
+  split = layers.SplitProjection(f, parts, (layers.EMBED, layers.HEADS), dtype=dtype)
+  fused = layers.dense(parts * f, (layers.EMBED, layers.HEADS), name="qkv", use_bias=False)
+  p_split = split.init(jax.random.key(3), x)["params"]
+  p_fused = fused.init(jax.random.key(3), x)["params"]
+  assert jax.tree_util.tree_structure(p_split) == jax.tree_util.tree_structure(p_fused)
+  np.testing.assert_array_equal(nn.meta.unbox(p_split)["kernel"], nn.meta.unbox(p_fused)["kernel"])
+  assert p_split["kernel"].names == p_fused["kernel"].names == (layers.EMBED, layers.HEADS)
+  kernel = np.asarray(nn.meta.unbox(p_split)["kernel"], np.float64)
+  outs = split.apply({"params": p_split}, x)
+  want = np.asarray(x, np.float64) @ kernel
+  assert len(outs) == parts and all(o.dtype == dtype and o.shape == (2, 5, f) for o in outs)
+  for i, out in enumerate(outs):
+    np.testing.assert_allclose(np.asarray(out, np.float64), want[..., i * f:(i + 1) * f],
+                               atol=tol, rtol=tol)
+  # Gradient of sum_i <w_i, out_i> w.r.t. the kernel is x^T [w_1 .. w_parts].
+  w = np.random.default_rng(1).standard_normal((2, 5, parts * f))
+  grad = jax.grad(lambda p: sum(jnp.sum(o.astype(jnp.float32) * w[..., i * f:(i + 1) * f])
+                                for i, o in enumerate(split.apply({"params": p}, x))))(p_split)
+  want_grad = np.einsum("bnc,bnk->ck", np.asarray(x, np.float64), w)
+  np.testing.assert_allclose(np.asarray(nn.meta.unbox(grad)["kernel"]), want_grad,
+                             atol=tol * 10, rtol=tol)
