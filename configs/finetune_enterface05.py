@@ -2,15 +2,19 @@
 
 Paper protocol (Sun et al. 2024): AdamW (0.9, 0.999), lr 1e-3 * batch/256, batch 96, 100 epochs, 5
 warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1.0 / label smoothing
-0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
-reaches: see `configs.common.DATASETS['enterface05']['paper']`.
+0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips.
+Paper (SVFAP-B, Tables 8-13): 60.58 UAR / 60.54 WAR.
+This code: not yet reproduced (no run on the real data so far).
 
   python -m svfap_jax prepare --recipe enterface05 --src /data/eNTERFACE05 --fold 1 \
       --out /data/enterface05_fold1
   python -m svfap_jax finetune --config configs/finetune_enterface05.py:fold=1 --workdir W \
       --config.data.dir=/data/enterface05_fold1 --config.init_from=PRETRAIN_WORKDIR
 
-Meant for one 8-GPU host or a v4-8 (bf16); preset args: fold=N, model=svfap_small, bf16=false.
+Hardware and runtime: one H100 runs ~370 fine-tuning clips/s (svfap_base, bf16, BENCHMARKS.md),
+so 100 epochs of 4/5 of ~1,200 = 960 training clips take about 4 min of train steps per run
+(plus evaluation); an 8-GPU host or a v4-8 divides that if the input keeps up (~190 clips
+per CPU-second). Preset args: fold=N, model=svfap_small, bf16=false.
 """
 from configs import common
 

@@ -2,8 +2,10 @@
 
 Paper protocol (Sun et al. 2024): AdamW (0.9, 0.999), lr 1e-3 * batch/256, batch 96, 100 epochs, 5
 warmup, layer decay 0.75, drop path 0.1, weight decay 0.05, mixup 0.8 / cutmix 1.0 / label smoothing
-0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips. SVFAP-B
-reaches: see `configs.common.DATASETS['werewolf_xl']['paper']`.
+0.1 (classification), RandAugment m7 n4, random erasing 0.25, 16 frames, 2 test clips.
+Paper (SVFAP-B, Tables 8-13): PCC/CCC arousal .2351/.1896, valence .6711/.6427, dominance
+.3461/.2969.
+This code: not yet reproduced (no run on the real data so far).
 
   python -m svfap_jax prepare --regression train=ww_train_fold1.txt \
       --regression test=ww_test_fold1.txt --value-names valence,arousal,dominance \
@@ -14,7 +16,10 @@ reaches: see `configs.common.DATASETS['werewolf_xl']['paper']`.
 The `<path> <valence> <arousal> <dominance>` lists come from the annotation table through
 `data_pipelines.recipes.convert_werewolf_xl(table, video_dir, out_list)`, one pair per fold.
 
-Meant for one 8-GPU host or a v4-8 (bf16); preset args: fold=N, model=svfap_small, bf16=false.
+Hardware and runtime: one H100 runs ~370 fine-tuning clips/s (svfap_base, bf16, BENCHMARKS.md),
+so 100 epochs of 4/5 of 14,632 = 11,706 training clips take about 53 min of train steps per run
+(plus evaluation); an 8-GPU host or a v4-8 divides that if the input keeps up (~190 clips
+per CPU-second). Preset args: fold=N, model=svfap_small, bf16=false.
 """
 from configs import common
 

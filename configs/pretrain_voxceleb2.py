@@ -9,7 +9,12 @@ at stride 4, fixed upper-central 160 crop; 4x RTX 3090 for 5-6 days. The encoder
   python -m svfap_jax pretrain --config configs/pretrain_voxceleb2.py \
       --workdir gs://bucket/runs/pretrain_base --config.data.dir=gs://bucket/vox2
 
-Meant for a v4-32 slice or 8x H100 (bf16); `:model=svfap_small` for SVFAP-S.
+This code: not yet reproduced (no VoxCeleb2 run so far).
+
+Hardware and runtime: one H100 runs ~910 pretraining clips/s (svfap_base, bf16, 90 % masking,
+BENCHMARKS.md), so 100 epochs of 1.09M clips are about 33 h of train steps on one H100, ~4 h on
+8x H100 or a v4-32 slice, provided the input keeps up (~180 clips per CPU-second: about 40 cores
+for 8 GPUs). `:model=svfap_small` for SVFAP-S.
 """
 from configs import common
 
