@@ -1,4 +1,4 @@
-"""Evaluation metrics on the host (numpy only).
+"""Evaluation metrics on the host (scikit-learn and numpy).
 
 Classification: UAR (mean per-class recall, the DFER headline metric), WAR (accuracy), weighted
 and macro F1, confusion matrix. Regression: CCC, PCC, RMSE, MAE and 1 - MAE (the First
@@ -8,8 +8,10 @@ k-fold results are pooled over all folds' predictions (`pool_folds`), as the pap
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
+import warnings
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def _labels(y_pred_or_probs: np.ndarray) -> np.ndarray:
@@ -19,15 +21,20 @@ def _labels(y_pred_or_probs: np.ndarray) -> np.ndarray:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-  """(K, K) counts; rows are true classes, columns predicted classes."""
+  """(K, K) int64 counts; rows are true classes, columns predicted classes.
+
+  Raises:
+    ValueError: shapes differ, or a label is outside [0, K).
+  """
   y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
   if y_true.shape != y_pred.shape:
     raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ")
   for y in (y_true, y_pred):
     if y.size and (y.min() < 0 or y.max() >= num_classes):
       raise ValueError(f"labels must be in [0, {num_classes}); got [{y.min()}, {y.max()}]")
-  return np.bincount(y_true * num_classes + y_pred,
-                     minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+  if not y_true.size:  # sklearn refuses empty inputs
+    return np.zeros((num_classes, num_classes), np.int64)
+  return skm.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -60,23 +67,30 @@ def classification_metrics(y_true: np.ndarray, y_pred_or_probs: np.ndarray, num_
     default), `confusion` (K x K nested list, rows = true), `per_class_recall` ({name: recall or
     None when the class is absent from y_true}) and `support` (true count per class).
   """
-  confusion = confusion_matrix(y_true, _labels(y_pred_or_probs), num_classes)
-  uar, war = _uar_war(confusion)
-  tp = np.diag(confusion).astype(np.float64)
-  support = confusion.sum(axis=1)
-  predicted = confusion.sum(axis=0)
-  # F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted); 0 where both are empty.
-  f1 = _safe_div(2.0 * tp, support + predicted)
-  seen = (support + predicted) > 0
+  y_true = np.asarray(y_true, np.int64)
+  y_pred = _labels(y_pred_or_probs)
+  confusion = confusion_matrix(y_true, y_pred, num_classes)
   names = list(label_names) if label_names is not None else [str(i) for i in range(num_classes)]
   if len(names) != num_classes:
     raise ValueError(f"{len(names)} label names for {num_classes} classes")
-  recall = _safe_div(tp, support)
+  support = confusion.sum(axis=1)
+  recall = _safe_div(np.diag(confusion).astype(np.float64), support)
+  if y_true.size:
+    with warnings.catch_warnings():
+      # A class predicted but absent from y_true is expected on small test splits; UAR averages
+      # over the classes present in y_true, as documented above.
+      warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+      uar = float(skm.balanced_accuracy_score(y_true, y_pred))
+    war = float(skm.accuracy_score(y_true, y_pred))
+    weighted_f1 = float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    macro_f1 = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+  else:
+    uar = war = weighted_f1 = macro_f1 = 0.0
   return {
       "uar": uar,
       "war": war,
-      "weighted_f1": float((f1 * support).sum() / max(support.sum(), 1)),
-      "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+      "weighted_f1": weighted_f1,
+      "macro_f1": macro_f1,
       "confusion": confusion.tolist(),
       "per_class_recall": {n: (float(r) if s > 0 else None)
                            for n, r, s in zip(names, recall, support)},
@@ -135,11 +149,10 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray,
     if not rows.any():
       continue
     tj, pj = t[rows, j], p[rows, j]
-    err = pj - tj
     per["ccc"][j] = ccc(tj, pj)[0]
     per["pcc"][j] = pcc(tj, pj)[0]
-    per["rmse"][j] = np.sqrt((err ** 2).mean())
-    per["mae"][j] = np.abs(err).mean()
+    per["rmse"][j] = skm.root_mean_squared_error(tj, pj)
+    per["mae"][j] = skm.mean_absolute_error(tj, pj)
     per["acc_1_minus_mae"][j] = 1.0 - per["mae"][j]
   scored = present.any(axis=0)
   out: dict[str, Any] = {key: float(v[scored].mean()) if scored.any() else float("nan")
