@@ -78,6 +78,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import cv2
 from etils import epath
 import numpy as np
+import tqdm
 
 from data_pipelines import face_crop as faces
 from data_pipelines import records
@@ -1006,8 +1007,12 @@ def finish_build(out_dir: str, inputs: Inputs, options: PrepareOptions, state: B
 
 def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
             num_shards: Optional[int] = None, clips_per_shard: int = 256, workers: int = 1,
-            strict: bool = False, say: Callable[[str], None] = print) -> dict:
+            strict: bool = False, say: Callable[[str], None] = print,
+            progress: bool = True) -> dict:
   """Builds (or completes) the shards for `inputs` in `out_dir` with a process pool.
+
+  `say` gets the status lines; `progress` shows a tqdm bar (clips done, written, rate, ETA) on
+  stderr, refreshed every 10 s when stderr is not a terminal (logs).
 
   Returns:
     The report dict (as written to prepare_report.json).
@@ -1018,15 +1023,15 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
   state = start_build(out_dir, inputs, options, num_shards=num_shards,
                       clips_per_shard=clips_per_shard, say=say)
   jobs = [(task, options) for plan in state.todo for task in plan.tasks]
-  total = len(jobs)
-  progress = {"written": 0, "last_note": time.time()}
+  written = 0
+  bar = tqdm.tqdm(total=len(jobs), unit="clip", desc="prepare", disable=not progress,
+                  mininterval=0.5 if sys.stderr.isatty() else 10.0, file=sys.stderr)
 
   def note(status: str) -> None:
-    progress["written"] += status == "ok"
-    if time.time() - progress["last_note"] > 10:
-      progress["last_note"] = time.time()
-      rate = progress["written"] / max(progress["last_note"] - state.start, 1e-9)
-      say(f"  {progress['written']}/{total} clips ({rate:.2f} clips/s)")
+    nonlocal written
+    written += status == "ok"
+    bar.update(1)
+    bar.set_postfix(written=written, refresh=False)
 
   results = _run_jobs(jobs, workers)
   try:
@@ -1035,7 +1040,8 @@ def prepare(out_dir: str, inputs: Inputs, options: PrepareOptions, *,
                                           on_clip=note)
   finally:
     results.close()
-  return finish_build(out_dir, inputs, options, state, progress["written"])
+    bar.close()
+  return finish_build(out_dir, inputs, options, state, written)
 
 
 def summary_text(report: dict, out_dir: str) -> str:
@@ -1199,7 +1205,7 @@ def main(argv: Sequence[str]) -> int:
     else:
       report = prepare(args.out, inputs, options, num_shards=args.num_shards,
                        clips_per_shard=args.clips_per_shard, workers=args.workers,
-                       strict=args.strict, say=say)
+                       strict=args.strict, say=say, progress=not args.quiet)
   except StrictStop as e:
     print(f"prepare --strict: stopped at the first bad input: {e.source}: {e.reason}",
           file=sys.stderr)

@@ -471,3 +471,18 @@ def test_cli_errors_are_clear(tmp_path, capsys):
   assert "EmoLabel_DataSplit" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     build.main(["--out", str(tmp_path / "o")])
+
+
+def test_progress_bar_counts_every_clip_and_quiet_hides_it(raw, tmp_path, capsys):
+  """prepare shows tqdm's bar on stderr (clips handled of the total, clips written); --quiet
+  prints nothing at all."""
+  lst = _write_list(tmp_path / "l.csv", [f"{_frames(raw, 1)} 0", f"{_video(raw, 2)} 1",
+                                         f"{tmp_path / 'missing'} 1"])
+  assert build.main(["--list", lst, "--out", str(tmp_path / "o"), "--short-side", "32"]) == 0
+  err = capsys.readouterr().err
+  # Three clips handled (the missing one is skipped when read), two written.
+  assert "prepare: 100%" in err and "3/3" in err and "written=2" in err, err
+  assert build.main(["--list", lst, "--out", str(tmp_path / "q"), "--short-side", "32",
+                     "--quiet"]) == 0
+  captured = capsys.readouterr()
+  assert "prepare:" not in captured.err and captured.out == ""
