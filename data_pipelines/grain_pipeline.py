@@ -40,18 +40,12 @@ Only the sampled frames of a clip are decoded. Decoding runs in `worker_count` g
 processes (0: in this process). Records that fail their checksum or do not decode are never
 returned: training kinds skip them, evaluation kinds emit them as masked-out rows; both count them
 in `iterator.corrupt_records` and log the running total.
-
-Setting the environment variable SVFAP_DATA_AUDIT to a directory makes every process append the
-record numbers of each training batch it consumes to `<dir>/process_<i>.jsonl` (one JSON list per
-line).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
 from typing import Any, Optional, Sequence
 
 import grain
@@ -62,7 +56,6 @@ from data_pipelines import video_io
 
 log = logging.getLogger(__name__)
 
-AUDIT_ENV = "SVFAP_DATA_AUDIT"
 KINDS = ("pretrain", "finetune", "eval", "test")
 # Training gives up when this many records in a row fail to read.
 MAX_CONSECUTIVE_CORRUPT = 100
@@ -580,19 +573,6 @@ class _GlobalRows(grain.MapDataset):
             f"start={self._start})")
 
 
-class _Audit:
-  """Appends each consumed batch's record numbers to a per-process JSON-lines file."""
-
-  def __init__(self, directory: str, shard_index: int):
-    self.path = os.path.join(directory, f"process_{shard_index}.jsonl")
-    os.makedirs(directory, exist_ok=True)
-
-  def __call__(self, batch: dict) -> dict:
-    with open(self.path, "a") as f:
-      f.write(json.dumps([int(i) for i in np.asarray(batch["index"])]) + "\n")
-    return batch
-
-
 def contiguous_rows(shard_index: int, batch_size: int) -> list[int]:
   """Rows of the global batch held by process `shard_index` when processes own equal blocks."""
   return list(range(shard_index * batch_size, (shard_index + 1) * batch_size))
@@ -794,9 +774,6 @@ def make_pipeline(kind: str, dataset_dir: str, split: str, *, batch_size: int, n
   if worker_count == 0 and config.prefetch_batches:
     it = grain.experimental.ThreadPrefetchIterDataset(
         it, prefetch_buffer_size=config.prefetch_batches)
-  audit = os.environ.get(AUDIT_ENV) if kind in TRAIN_KINDS else None
-  if audit:
-    it = it.map(_Audit(audit, shard_index))
   return ClipPipeline(it, config, metadata, num_records, num_batches)
 
 

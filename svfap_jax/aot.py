@@ -34,8 +34,6 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from absl import flags
-from ml_collections import config_flags
 
 _CHILD_ENV = "SVFAP_AOT_CHILD"
 
@@ -334,32 +332,23 @@ def format_report(result: dict) -> str:
 
 
 def _parse(argv: Sequence[str]):
-  from svfap_jax.train import main as train_main  # pylint: disable=g-import-not-at-top
-  renames = {"--batch-per-device": "--batch_per_device", "--num-outputs": "--num_outputs",
-             "--host-crop": "--host_crop"}
-  argv = ["svfap compile"] + [
-      next((a.replace(k, v, 1) for k, v in renames.items() if a.startswith(k)), a)
-      for a in train_main._locate_config(argv)]  # pylint: disable=protected-access
-  fv = flags.FlagValues()
-  # sys_argv: the --config.* overrides are found in these arguments, not in sys.argv.
-  config_flags.DEFINE_config_file("config", None, "run config (configs/*.py[:args])",
-                                  flag_values=fv, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("topology", None, "v4-32 | v5e-8 | v5p-16 | v6e-8 | gpu-h100x8 | cpu:8",
-                      flag_values=fv)
-  flags.DEFINE_integer("batch_per_device", None,
-                       "per-device batch (default: config.batch_size / devices)", flag_values=fv)
-  flags.DEFINE_integer("num_outputs", None,
-                       "head size (default: the config's dataset, else 7; 0 when pretraining)",
-                       flag_values=fv)
-  flags.DEFINE_integer("host_crop", None, "finetune: side of the host crop fed to the step "
-                       "(default 1.1 x img_size, as prepared datasets store it)", flag_values=fv)
-  flags.DEFINE_bool("proxy", False, "compile on fake CPU devices even if the target is here",
-                    flag_values=fv)
-  flags.DEFINE_bool("json", False, "print one JSON object", flag_values=fv)
-  fv(argv)
-  if fv.config is None or not fv.topology:
-    raise SystemExit("svfap compile: --config and --topology are required")
-  return fv
+  from svfap_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.config_parser("svfap compile", "Ahead-of-time compile of a config's training "
+                             "step for a device mesh, with its per-device memory.")
+  parser.add_argument("--topology", required=True,
+                      help="v4-32 | v5e-8 | v5p-16 | v6e-8 | gpu-h100x8 | cpu:8")
+  parser.add_argument("--batch-per-device", "--batch_per_device", dest="batch_per_device",
+                      type=int, help="per-device batch (default: config.batch_size / devices)")
+  parser.add_argument("--num-outputs", "--num_outputs", dest="num_outputs", type=int,
+                      help="head size (default: the config's dataset, else 7; 0 when "
+                      "pretraining)")
+  parser.add_argument("--host-crop", "--host_crop", dest="host_crop", type=int,
+                      help="finetune: side of the host crop fed to the step (default 1.1 x "
+                      "img_size, as prepared datasets store it)")
+  parser.add_argument("--proxy", action="store_true",
+                      help="compile on fake CPU devices even if the target is here")
+  parser.add_argument("--json", action="store_true", help="print one JSON object")
+  return cli.parse_config_args(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:

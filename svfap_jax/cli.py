@@ -1,14 +1,19 @@
 """Command line: `python -m svfap_jax <command> ...` (also installed as `svfap`).
 
 Each command lives in its own module and is imported only when used, so `describe` does not pay
-for TensorFlow and `prepare` does not pay for JAX compilation.
+for TensorFlow and `prepare` does not pay for JAX compilation. Every command parses its options
+with argparse (dashed names: `--num-processes`); commands that run a config file build their
+parser with `config_parser` and read it with `parse_config_args`, which hands `--config FILE[:ARGS]`
+and the `--config.FIELD=VALUE` overrides to ml_collections.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import sys
+from typing import Optional, Sequence
 
 # command -> (module, function taking argv, one-line help)
 COMMANDS = {
@@ -26,6 +31,101 @@ COMMANDS = {
     "compile": ("svfap_jax.aot", "main", "ahead-of-time compile + memory check for a mesh"),
     "probe": ("svfap_jax.cli", "probe_main", "k-NN / linear probe of frozen encoder embeddings"),
 }
+
+
+_REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "configs")
+_OVERRIDE = "--config."
+
+
+def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+  """An argparse parser with `--config FILE[:ARGS]`; read it with `parse_config_args`."""
+  parser = argparse.ArgumentParser(
+      prog=prog, description=description, allow_abbrev=False,
+      epilog="Any config field can be set on the command line: --config.FIELD=VALUE (e.g. "
+      "--config.batch_size=64 --config.data.dir=/data/dfew_fold1).")
+  parser.add_argument("--config", metavar="FILE[:ARGS]",
+                      help="run config, e.g. configs/finetune_dfew.py:fold=1 (a name under "
+                      "configs/ is found from any directory)")
+  return parser
+
+
+def _locate_config(value: str) -> str:
+  """Lets `--config configs/x.py[:args]` work from any directory (falls back to our configs/)."""
+  path, sep, preset = value.partition(":")
+  if not os.path.exists(path):
+    candidate = os.path.join(_REPO_CONFIGS, os.path.basename(path))
+    if os.path.exists(candidate):
+      return candidate + sep + preset
+  return value
+
+
+def _split_overrides(parser: argparse.ArgumentParser, rest: Sequence[str]) -> list[str]:
+  """`--config.FIELD=VALUE` / `--config.FIELD VALUE` arguments as `--config.FIELD=VALUE`; any
+  other leftover argument is a usage error."""
+  overrides, i = [], 0
+  while i < len(rest):
+    arg = rest[i]
+    if not arg.startswith(_OVERRIDE):
+      parser.error(f"unrecognized argument: {arg}")
+    if "=" not in arg and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+      arg, i = f"{arg}={rest[i + 1]}", i + 1
+    overrides.append(arg)
+    i += 1
+  return overrides
+
+
+def load_config(value: str, overrides: Sequence[str] = (), *, prog: str = "svfap"):
+  """The locked ml_collections config of `--config` VALUE (FILE[:ARGS]) with `--config.*`
+  overrides applied (typed and checked by ml_collections).
+
+  Raises:
+    ValueError: the file cannot be loaded, a field does not exist or a value does not parse (the
+      message names it).
+  """
+  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from ml_collections import config_flags
+  # pylint: enable=g-import-not-at-top
+  argv = [prog, f"--config={_locate_config(value)}", *overrides]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "run config", flag_values=fv,
+                                  lock_config=True, sys_argv=argv)
+  try:
+    fv(argv)
+    config = fv.config
+    config.keys()  # a file that failed to load raises its error on first use
+  except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
+    if isinstance(e, KeyError) or isinstance(e.__context__, KeyError):
+      # ml_collections names only the missing key; say which override asked for it.
+      raise ValueError(f"the config has no field named in {' '.join(overrides)} "
+                       f"({str(e).strip(chr(34))})") from None
+    # A config module's own error arrives with its traceback: keep the last line only.
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    raise ValueError(f"--config {value}: {lines[-1].strip() if lines else e}") from None
+  return config
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str], *,
+                      need_config: bool = True) -> argparse.Namespace:
+  """Parses `argv`; `args.config` is the loaded config (`load_config`) or None when absent.
+
+  A bad option, a missing `--config` (with `need_config`) or a config that does not load is a
+  usage error: argparse's message and exit status 2, no traceback.
+  """
+  args, rest = parser.parse_known_args(list(argv))
+  overrides = _split_overrides(parser, rest)
+  if args.config is None:
+    if need_config:
+      parser.error("--config is required")
+    if overrides:
+      parser.error(f"{overrides[0]} needs --config")
+    return args
+  try:
+    args.config = load_config(args.config, overrides, prog=parser.prog)
+  except ValueError as e:
+    parser.error(str(e))
+  return args
 
 
 def describe_main(argv: list[str]) -> int:

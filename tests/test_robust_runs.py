@@ -29,8 +29,9 @@ import time
 import numpy as np
 import pytest
 
+from conftest import JAX_CACHE_DIR, subprocess_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"svfap_jax_test_cache_{os.getuid()}")
 LONG_DIR = "\u8868\u60c5" * 42   # 84 CJK characters: 252 UTF-8 bytes
 _TINY = ["--config.model.name=svfap_tiny", "--config.data.img_size=64",
          "--config.recon_image_every_steps=0", "--config.data.worker_count=0"]
@@ -38,7 +39,7 @@ _TINY = ["--config.model.name=svfap_tiny", "--config.data.img_size=64",
 
 def _enable_compile_cache():
   import jax
-  jax.config.update("jax_compilation_cache_dir", _CACHE)
+  jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
@@ -107,14 +108,6 @@ def _finetune_args(workdir, data, *extra):
 def _read_csv(path):
   with open(path, encoding="utf-8", newline="") as f:
     return list(csv.DictReader(f))
-
-
-def _env(devices, **extra):
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=_CACHE, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  env.update({k: str(v) for k, v in extra.items()})
-  return env
 
 
 def _free_port() -> int:
@@ -236,7 +229,7 @@ print(json.dumps(evaluate._gather_strings(mine)))
 def test_ids_of_any_length_gather_across_processes():
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, "-c", _GATHER_IDS, f"127.0.0.1:{port}", str(i)],
-                            cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            cwd=ROOT, env=subprocess_env(1), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   expected = ["a", "\u8868\u60c5" * 90 + "/x", "", "b" * 300, "c", "\u00e9"]
@@ -358,7 +351,8 @@ def test_eval_batch_that_does_not_split_over_devices_is_padded(run, tmp_path):
           str(ROOT / "configs/demo.py") + ":finetune", "--workdir", str(tmp_path / "W"),
           f"--config.data.dir={run['root'] / 'ds'}", "--config.batch_size=2",
           "--config.data.eval_batch_size=3", "--checkpoint", "last", *_TINY]
-  proc = subprocess.run(argv, cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(2), capture_output=True, text=True,
+                        timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "data.eval_batch_size=3 does not split over 2 batch shard(s)" in proc.stderr
   metrics = json.loads((tmp_path / "W" / "report.json").read_text())["evaluate_last"]
@@ -493,6 +487,7 @@ def test_update_health_is_independent_of_grouping():
 # ------------------------------------------------------------------------ multi-process preemption
 
 
+@pytest.mark.multiprocess
 def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
   """2 processes x 1 device; only process 1 gets SIGTERM. Both checkpoint the same step and
   exit 0 (a process stopping alone would leave the other waiting in a collective)."""
@@ -506,9 +501,10 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
           "--config.total_steps=300", "--config.batch_size=2", "--config.log_every_steps=1",
           "--config.checkpoint_every_steps=1000", "--config.mesh.data=-1", *_TINY]
   procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=_env(1, SVFAP_COORDINATOR=f"127.0.0.1:{port}",
-                                                SVFAP_NUM_PROCESSES=2, SVFAP_PROCESS_ID=i,
-                                                XLA_FLAGS=fast))
+                            text=True,
+                            env=subprocess_env(1, SVFAP_COORDINATOR=f"127.0.0.1:{port}",
+                                               SVFAP_NUM_PROCESSES=2, SVFAP_PROCESS_ID=i,
+                                               XLA_FLAGS=fast))
            for i in range(2)]
   try:
     deadline = time.time() + 600

@@ -6,8 +6,8 @@ the tiny synthetic face-clip dataset. Runs share JAX's persistent compilation ca
 tests/test_train.py.
 """
 import json
-import os
 import pathlib
+import shlex
 import shutil
 import socket
 import subprocess
@@ -16,8 +16,9 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"svfap_jax_test_cache_{os.getuid()}")
 
 # 5 pretraining steps at global batch 8 on an 8-device data-parallel mesh; checkpoints at 3 and 5.
 _RUN = ["--config", "configs/demo.py:pretrain", "--config.model.name=svfap_tiny",
@@ -45,13 +46,6 @@ print("restored step", step, "into mesh", dict(trainer.mesh.shape), "on",
 """
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  from data_pipelines.synthetic import make_synthetic_dataset
-  return make_synthetic_dataset(str(tmp_path_factory.mktemp("faces")), num_clips_per_class=3,
-                                num_frames=20, size=72, seed=0)
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -59,12 +53,9 @@ def _free_port() -> int:
 
 
 def _env(devices, **extra):
-  env = dict(os.environ)
+  env = subprocess_env(devices, **extra)
   # Five steps on a tiny model: compile time is what counts, so skip LLVM's costly passes.
-  env.update(JAX_COMPILATION_CACHE_DIR=_CACHE, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
-  env.update({k: str(v) for k, v in extra.items()})
+  env["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
   return env
 
 
@@ -75,10 +66,18 @@ def _check(proc, what):
   return proc
 
 
+def _audited(audit) -> list[str]:
+  """Arguments before `-m svfap_jax` that record every process's batches into `audit`."""
+  return [str(ROOT / "tests" / "callback_run.py"), "--audit", str(audit)] if audit else []
+
+
 def _one_process(workdir, data, *extra, audit=None, script=None):
   """1 process x 8 devices."""
-  env = _env(8, **({"SVFAP_DATA_AUDIT": audit} if audit else {}))
-  argv = ["-c", script] if script else ["-m", "svfap_jax", "pretrain"]
+  env = _env(8)
+  if script:
+    argv = ["-c", script]
+  else:
+    argv = [*_audited(audit), "-m", "svfap_jax", "pretrain"]
   cmd = [sys.executable, *argv, *_RUN, "--workdir", str(workdir), f"--config.data.dir={data}",
          *extra]
   return _check(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -88,11 +87,15 @@ def _one_process(workdir, data, *extra, audit=None, script=None):
 def _two_processes(workdir, data, *extra, audit):
   """2 processes x 4 devices, started by launch/gpu.sh."""
   logs = pathlib.Path(str(workdir) + "_logs")
+  # The launcher starts `PYTHON -m svfap_jax ...`; this interpreter adds the audit callback.
+  python = pathlib.Path(str(workdir) + "_python")
+  python.write_text(f"#!/bin/sh\nexec {shlex.join([sys.executable, *_audited(audit)])} \"$@\"\n")
+  python.chmod(0o755)
   cmd = ["bash", "launch/gpu.sh", "--processes-per-host", "2", "--gpus", "0,1",
-         "--no-xla-flags", "--python", sys.executable, "--port", str(_free_port()),
+         "--no-xla-flags", "--python", str(python), "--port", str(_free_port()),
          "--log-dir", str(logs), "--config", _RUN[1], "--workdir", str(workdir), "--",
          *_RUN[2:], f"--config.data.dir={data}", *extra]
-  proc = subprocess.run(cmd, cwd=ROOT, env=_env(4, SVFAP_DATA_AUDIT=audit),
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(4),
                         capture_output=True, text=True, timeout=900)
   if proc.returncode != 0:
     log = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*.log")))
@@ -125,15 +128,16 @@ def _drop_last_checkpoint(src, dst):
 
 
 @pytest.fixture(scope="module")
-def runs(dataset, tmp_path_factory):
+def runs(face_clips, tmp_path_factory):
   """The reference 1-process run and the 2-process run of the same 5 steps."""
   root = tmp_path_factory.mktemp("runs")
-  _one_process(root / "one", dataset, audit=root / "audit_one")
-  two_logs = _two_processes(root / "two", dataset, audit=root / "audit_two")
-  return {"root": root, "data": dataset, "one": root / "one", "two": root / "two",
+  _one_process(root / "one", face_clips, audit=root / "audit_one")
+  two_logs = _two_processes(root / "two", face_clips, audit=root / "audit_two")
+  return {"root": root, "data": face_clips, "one": root / "one", "two": root / "two",
           "two_logs": two_logs}
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one_process(runs):
   """Same losses, disjoint clips per process, both processes write the checkpoint."""
   steps_one, one = _losses(runs["one"])
@@ -165,6 +169,7 @@ def test_two_processes_match_one_process(runs):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.multiprocess
 def test_checkpoints_reshard_across_process_counts(runs, tmp_path):
   """2-process checkpoint -> 1 process with an fsdp=8 mesh, and 1-process -> 2 processes with
   parameters sharded across them: bit-identical parameters."""
@@ -196,6 +201,7 @@ def test_checkpoints_reshard_across_process_counts(runs, tmp_path):
     np.testing.assert_array_equal(loaded[f"arr_{i}"], expected)
 
 
+@pytest.mark.multiprocess
 def test_resume_with_fewer_processes(runs, tmp_path):
   """Resuming the 2-process run's step-3 checkpoint in 1 process: a clear warning about the data
   iterator, then steps 4-5 see exactly the batches and losses of the uninterrupted run."""
@@ -211,8 +217,8 @@ def test_resume_with_fewer_processes(runs, tmp_path):
   assert _audit(tmp_path / "audit_a", 0) == single[3:]
 
 
-@pytest.mark.skipif(os.environ.get("SVFAP_SLOW_TESTS") != "1",
-                    reason="another 2-process run (~1 min); set SVFAP_SLOW_TESTS=1")
+@pytest.mark.multiprocess
+@pytest.mark.extra  # another 2-process run (~1 min); the reverse direction is tested by default
 def test_resume_with_more_processes(runs, tmp_path):
   """The reverse: the 1-process run's step-3 checkpoint resumed by 2 processes."""
   _, reference = _losses(runs["one"])
@@ -227,7 +233,7 @@ def test_resume_with_more_processes(runs, tmp_path):
   assert [a + b for a, b in zip(p0, p1)] == single[3:]
 
 
-def test_global_stream_matches_single_process_pipeline(dataset):
+def test_global_stream_matches_single_process_pipeline(face_clips):
   """Processes' rows of the global training stream join into the single-process stream."""
   from data_pipelines import grain_pipeline
   kw = dict(num_frames=16, sampling_rate=2, img_size=64, seed=3, worker_count=0)
@@ -236,14 +242,14 @@ def test_global_stream_matches_single_process_pipeline(dataset):
     it = iter(ds)
     return [next(it) for _ in range(n)]
 
-  ref = take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=6,
+  ref = take(grain_pipeline.make_pipeline("pretrain", face_clips, "train", batch_size=6,
                                           shard_index=0, shard_count=1, **kw), 4)
-  one = take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=6,
+  one = take(grain_pipeline.make_pipeline("pretrain", face_clips, "train", batch_size=6,
                                         shard_index=0, shard_count=1, **kw), 4)
-  parts = [take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=2,
+  parts = [take(grain_pipeline.make_pipeline("pretrain", face_clips, "train", batch_size=2,
                                            shard_index=i, shard_count=3, **kw), 4)
            for i in range(3)]
-  late = take(grain_pipeline.make_pipeline("pretrain", dataset, "train", batch_size=2,
+  late = take(grain_pipeline.make_pipeline("pretrain", face_clips, "train", batch_size=2,
                                          shard_index=2, shard_count=3, start_record=12, **kw), 2)
   for k, (a, b) in enumerate(zip(ref, one)):
     np.testing.assert_array_equal(a["index"], b["index"])

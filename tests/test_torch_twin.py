@@ -1,10 +1,9 @@
 """Tests of the PyTorch twin (svfap_jax/interop/torch_twin.py), at tiny sizes.
 
-The comparison against the original SVFAP code runs only when SVFAP_ORIGINAL_REPO names a directory
+The comparison against the original SVFAP code runs only when --original-repo names a directory
 holding its modeling_finetune.py and modeling_pretrain.py.
 """
 import importlib.util
-import os
 import pathlib
 
 import numpy as np
@@ -363,12 +362,10 @@ def _checker():
   return module
 
 
-@pytest.mark.skipif(not os.environ.get("SVFAP_ORIGINAL_REPO"),
-                    reason="SVFAP_ORIGINAL_REPO does not point to the original model files")
 @pytest.mark.parametrize("overrides", [{}, {"init_values": 0.1, "stage_depths": (1, 3, 2)}])
-def test_matches_original_code(overrides):
+def test_matches_original_code(overrides, original_repo):
   checker = _checker()
-  finetune, pretrain = checker.load_original(os.environ["SVFAP_ORIGINAL_REPO"])
+  finetune, pretrain = checker.load_original(original_repo)
   # svfap_tiny, except for the spatial-attention width the original hard-codes.
   spec = get_spec("svfap_tiny", spatial_hidden_dim=128, **overrides)
   cls = checker.compare_classifier(finetune, spec, num_classes=7)

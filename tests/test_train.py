@@ -4,7 +4,6 @@ Each run is a subprocess (the device count is fixed when JAX starts, and a crash
 process to kill) on a tiny synthetic face-clip dataset.
 """
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,37 +11,20 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-  from data_pipelines.synthetic import make_synthetic_dataset
-  return make_synthetic_dataset(str(tmp_path_factory.mktemp("faces")), num_clips_per_class=3,
-                                num_frames=20, size=72, seed=0)
-
-
-# Runs in this file compile the same programs again and again; JAX's persistent cache shares them.
-_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"svfap_jax_test_cache_{os.getuid()}")
-
-
-def _env(devices=1, **extra):
-  env = dict(os.environ)
-  env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-  env["PYTHONPATH"] = str(ROOT)
-  env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env.update({k: str(v) for k, v in extra.items()})
-  return env
-
-
 def _run(command, workdir, data, *overrides, devices=1, mode_config="configs/demo.py:pretrain",
-         env_extra=None, check=True):
-  argv = [sys.executable, "-m", "svfap_jax", command, "--config", mode_config, "--workdir",
-          str(workdir), f"--config.data.dir={data}", "--config.model.name=svfap_tiny",
+         env_extra=None, check=True, callbacks=()):
+  """Runs `python -m svfap_jax COMMAND ...`; `callbacks` are options of tests/callback_run.py."""
+  hooks = [str(ROOT / "tests" / "callback_run.py"), *callbacks] if callbacks else []
+  argv = [sys.executable, *hooks, "-m", "svfap_jax", command, "--config", mode_config,
+          "--workdir", str(workdir), f"--config.data.dir={data}", "--config.model.name=svfap_tiny",
           "--config.data.img_size=64", "--config.log_every_steps=1",
           "--config.recon_image_every_steps=0", *overrides]
-  proc = subprocess.run(argv, cwd=ROOT, env=_env(devices, **(env_extra or {})),
+  proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(devices, **(env_extra or {})),
                         capture_output=True, text=True, timeout=600)
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -61,11 +43,11 @@ def _final_params(workdir):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
 
 
-def test_eight_devices_match_one_device(dataset, tmp_path):
+def test_eight_devices_match_one_device(face_clips, tmp_path):
   """data=2 x fsdp=4 on 8 fake CPU devices gives the single-device losses (fp32, rtol 1e-4)."""
   common = ["--config.total_steps=5", "--config.batch_size=8", "--config.checkpoint_every_steps=5"]
-  _run("pretrain", tmp_path / "one", dataset, *common, "--config.mesh.data=1")
-  _run("pretrain", tmp_path / "eight", dataset, *common, "--config.mesh.data=2",
+  _run("pretrain", tmp_path / "one", face_clips, *common, "--config.mesh.data=1")
+  _run("pretrain", tmp_path / "eight", face_clips, *common, "--config.mesh.data=2",
        "--config.mesh.fsdp=4", devices=8)
   one, eight = _train_rows(tmp_path / "one"), _train_rows(tmp_path / "eight")
   assert [r["step"] for r in one] == [r["step"] for r in eight] == [1, 2, 3, 4, 5]
@@ -76,16 +58,16 @@ def test_eight_devices_match_one_device(dataset, tmp_path):
   assert "fsdp" in shardings["encoder/patch_embed/kernel"]
 
 
-def test_sigkill_resume_is_exact(dataset, tmp_path):
+def test_sigkill_resume_is_exact(face_clips, tmp_path):
   """2N steps straight vs N steps, SIGKILL, restart: identical losses, data order and params."""
   common = ["--config.total_steps=6", "--config.batch_size=4", "--config.checkpoint_every_steps=3",
             "--config.data.worker_count=0"]
-  _run("pretrain", tmp_path / "straight", dataset, *common)
-  crashed = _run("pretrain", tmp_path / "crash", dataset, *common,
-                 env_extra={"SVFAP_FAULT_AFTER_STEP": 3}, check=False)
+  _run("pretrain", tmp_path / "straight", face_clips, *common)
+  crashed = _run("pretrain", tmp_path / "crash", face_clips, *common,
+                 callbacks=["--kill-after-step", "3"], check=False)
   assert crashed.returncode == -9, crashed.stderr[-2000:]   # killed, not a clean exit
   assert not (tmp_path / "crash" / "report.json").exists()
-  _run("pretrain", tmp_path / "crash", dataset, *common)
+  _run("pretrain", tmp_path / "crash", face_clips, *common)
   straight, resumed = _train_rows(tmp_path / "straight"), _train_rows(tmp_path / "crash")
   assert [r["step"] for r in resumed] == list(range(1, 7))
   assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
@@ -93,17 +75,20 @@ def test_sigkill_resume_is_exact(dataset, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_cli_contract_finetune_from_pretrained_and_scratch(dataset, tmp_path):
+def test_cli_contract_finetune_from_pretrained_and_scratch(face_clips, tmp_path):
   """The README's run contract, as written, on a dataset of any class count."""
   pre = tmp_path / "P"
-  _run("pretrain", pre, dataset, "--config.total_steps=3", "--config.batch_size=4")
+  proc = _run("pretrain", pre, face_clips, "--config.total_steps=3", "--config.batch_size=4")
+  # Progress is clu's ReportProgress: its notes reach the console, with the ETA.
+  assert "steps/s, 100.0% (3/3), ETA" in proc.stderr, proc.stderr[-2000:]
   report = json.loads((pre / "report.json").read_text())
   assert report["compilations"] == 1 and report["steps"] == 3
   ft_args = ["--config.total_steps=4", "--config.batch_size=4", "--config.eval_every_steps=2",
              "--config.augment.randaug_num_ops=1"]
   for name, extra in (("W", [f"--config.init_from={pre}"]), ("S", [])):
     w = tmp_path / name
-    proc = _run("finetune", w, dataset, *ft_args, *extra, mode_config="configs/demo.py:finetune")
+    proc = _run("finetune", w, face_clips, *ft_args, *extra,
+                mode_config="configs/demo.py:finetune")
     rows = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "split" not in r and "loss" in r]
     evals = [r for r in rows if r.get("split") == "test"]
@@ -121,12 +106,12 @@ def test_cli_contract_finetune_from_pretrained_and_scratch(dataset, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_config_fails_before_compiling(dataset, tmp_path):
-  proc = _run("pretrain", tmp_path / "bad", dataset, "--config.mask.ratio=1.5",
+def test_bad_config_fails_before_compiling(face_clips, tmp_path):
+  proc = _run("pretrain", tmp_path / "bad", face_clips, "--config.mask.ratio=1.5",
               "--config.data.num_frames=8", check=False)
   assert proc.returncode != 0
   assert "mask.ratio=1.5" in proc.stderr and "data.num_frames=8" in proc.stderr
-  proc = _run("pretrain", tmp_path / "bad2", dataset, "--config.no_such_field=1", check=False)
+  proc = _run("pretrain", tmp_path / "bad2", face_clips, "--config.no_such_field=1", check=False)
   assert proc.returncode != 0 and "no_such_field" in proc.stderr
 
 
@@ -136,7 +121,8 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
   argv = [sys.executable, "-m", "svfap_jax", "demo", "--out", str(out), "--clips-per-class", "2",
           "--pretrain-steps", "2", "--finetune-steps", "2", "--workers", "1",
           "--config-override", "finetune:batch_size=4", "--config-override", "pretrain:batch_size=4"]
-  proc = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   report = json.loads((out / "report.json").read_text())
   assert report["num_classes"] == 7 and report["train_clips"] + report["test_clips"] == 14

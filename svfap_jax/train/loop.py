@@ -11,8 +11,9 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from clu import periodic_actions
 import etils.epath as epath
 import flax.linen as nn
 import jax
@@ -28,14 +29,28 @@ from svfap_jax.train.state import TrainState
 from svfap_jax.train.writer import RunWriter
 
 
-# Fault injection for the crash-resume tests: SIGKILL this process right after the checkpoint of
-# this step is on disk, exactly like a machine loss (no cleanup, no final save).
-_FAULT_AFTER_STEP = int(os.environ.get("SVFAP_FAULT_AFTER_STEP", "0"))
+class Callback:
+  """Hooks into `Trainer.run`; subclass and override the methods you need.
 
+  Every process calls its callbacks, in the order given, on the host between steps: whatever
+  they do is on the step's critical path. Tests use them to record the data order or to kill a
+  run at a chosen step; nothing in the training itself depends on them.
+  """
 
-def _die_after_checkpoint(checkpointer):
-  checkpointer.wait()
-  os.kill(os.getpid(), signal.SIGKILL)
+  def on_batch(self, step: int, batch: dict) -> None:
+    """Called with each host batch, as read, before it is fed to the device.
+
+    Args:
+      step: the optimizer step (0-based) this batch is part of; with accumulation several
+        micro-batches share a step.
+      batch: this process's rows of the global batch, numpy: "video" uint8 (b, T, H, W, 3),
+        "label" int32 (b,), "values" float32 (b, K), "index" int64 (b,) record numbers in the
+        split.
+    """
+
+  def on_step_end(self, step: int, trainer: "Trainer") -> None:
+    """Called after optimizer step `step` (1-based: updates done) and, when due, its checkpoint
+    save (possibly still in flight: `trainer.checkpointer.wait()`) and evaluation."""
 
 
 class _MeetAfterCompiling:
@@ -186,9 +201,15 @@ def _abstract(tree):
 
 
 class Trainer:
-  """Holds everything a run needs; `run()` trains to the end (or to a preemption)."""
+  """Holds everything a run needs; `run()` trains to the end (or to a preemption).
 
-  def __init__(self, config, workdir: str):
+  Building one validates the config against the dataset (`config_check.ConfigError` names every
+  bad field), creates the mesh, the sharded model and optimizer state, and restores nothing yet:
+  `run` resumes from the workdir's latest checkpoint when there is one.
+  """
+
+  def __init__(self, config, workdir: str, callbacks: Sequence[Callback] = ()):
+    self.callbacks = tuple(callbacks)
     self.mode = config.mode
     self.pretrain = self.mode == "pretrain"
     self.info = config_check.validate(config, mode=self.mode)
@@ -336,6 +357,22 @@ class Trainer:
 
   # ------------------------------------------------------------------------------------- run
   def run(self) -> dict:
+    """Trains from the latest checkpoint (or step 0) to `total_steps` or a preemption.
+
+    Writes metrics.jsonl, TensorBoard events, checkpoints (every `checkpoint_every_steps` and at
+    the end, the best one under best/) and, after fine-tuning, the multi-view test of the last and
+    best checkpoints with their predictions. Every process must call it.
+
+    Returns:
+      The summary also written to report.json: steps (int, optimizer updates done),
+      total_steps, preempted (bool), compilations (traces of the train step, 1 when nothing
+      recompiled), nonfinite_steps (skipped updates), missing_target_values (when any), and
+      after fine-tuning test_last / test_best (metric dicts) and best_step.
+
+    Raises:
+      TrainingDiverged: `nan_max_consecutive` updates in a row were non-finite (the state is
+        checkpointed first; the message names the cause in the data when it can).
+    """
     config = self.config
     start = 0
     if self.checkpointer.latest_step() is not None:
@@ -348,7 +385,9 @@ class Trainer:
                                             "init_report": self.init_report and
                                             self.init_report.summary()}))
     eval_every = config.eval_every_steps or self.steps_per_epoch
-    profile = [int(s) for s in config.profile_steps.split(",")] if config.profile_steps else []
+    progress = self.writer.progress(self.total_steps, config.log_every_steps)
+    progress(start)  # the first call starts its clock
+    profiler = self._profiler(start)
     window, window_start, window_time = [], start, time.time()
     stopped_early = False
     self._health = _UpdateHealth(config.nan_max_consecutive)
@@ -357,11 +396,11 @@ class Trainer:
     pending = None  # the previous update's metrics, checked once the next one is under way
     try:
       for step in range(start, self.total_steps):
-        if profile and step == profile[0]:
-          jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
         update = []
         for _ in range(config.optim.accum_steps):  # micro-batches of one optimizer update
           batch = next(train_iter)
+          for callback in self.callbacks:
+            callback.on_batch(step, batch)
           global_batch = sharding.host_to_global(
               {k: batch[k] for k in ("video", "label", "values")}, self.mesh)
           self.state, metrics = self.train_step(self.state, global_batch)
@@ -371,8 +410,9 @@ class Trainer:
         if pending is not None:
           self._check_health(*pending, train_iter)
         pending = (done, update)
-        if profile and done == profile[-1]:
-          jax.profiler.stop_trace()
+        progress(done)
+        if profiler:
+          profiler(done)
         if done % config.log_every_steps == 0 or done == self.total_steps:
           self._log_window(done, window, window_start, window_time)
           window, window_start, window_time = [], done, time.time()
@@ -383,14 +423,17 @@ class Trainer:
         # is on disk (the last step's included, before the final test).
         saved = done % config.checkpoint_every_steps == 0 or done == self.total_steps
         if saved:
-          self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
+          with progress.timed("checkpoint", wait_jax_async_dispatch=False):
+            self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
         if self.probe and (self.probe.due(done) or done == self.total_steps):
-          self._write_probe(done)
+          with progress.timed("probe", wait_jax_async_dispatch=False):
+            self._write_probe(done)
         if not self.pretrain and (done % eval_every == 0 or done == self.total_steps):
-          result = self.evaluate_split(config.data.eval_split, kind="eval", step=done)
-          self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
-        if _FAULT_AFTER_STEP and done == _FAULT_AFTER_STEP:
-          _die_after_checkpoint(self.checkpointer)
+          with progress.timed("eval", wait_jax_async_dispatch=False):
+            result = self.evaluate_split(config.data.eval_split, kind="eval", step=done)
+            self.checkpointer.save_best(done, self.state, result, self._meta(done, result))
+        for callback in self.callbacks:
+          callback.on_step_end(done, self)
         if self.preemption.reached(done):
           if not saved:
             self.checkpointer.save(done, self.state, train_iter, self._meta(done), force=True)
@@ -415,6 +458,22 @@ class Trainer:
     self.writer.write_report(summary)
     self.writer.flush()
     return summary
+
+  def _profiler(self, start: int) -> Optional[periodic_actions.Profile]:
+    """clu's profiler for `config.profile_steps` ('A,B': a jax.profiler trace of the updates
+    after step A up to step B, into WORKDIR/profile); None when unset or already past A."""
+    text = self.config.profile_steps
+    if not text:
+      return None
+    bounds = [int(s) for s in text.split(",")]
+    first, last = bounds[0], bounds[-1]
+    if start > first:
+      return None
+    profiler = periodic_actions.Profile(
+        logdir=os.path.join(self.workdir, "profile"), num_profile_steps=max(last - first, 1),
+        profile_duration_ms=None, first_profile=first, every_secs=None)
+    profiler(start)
+    return profiler
 
   def _check_health(self, step: int, update: list, train_iter) -> None:
     """Counts the non-finite updates of optimizer step `step`; stops a diverging run.
@@ -446,8 +505,7 @@ class Trainer:
            "clips_per_s_per_device": clips_per_s / jax.device_count()}
     if "missing_targets" in host[0]:
       row["missing_targets"] = int(sum(int(m["missing_targets"]) for m in host))
-    eta = (self.total_steps - step) * elapsed / max(step - window_start, 1)
-    self.writer.write_train(row, eta_s=eta, total_steps=self.total_steps)
+    self.writer.write_train(row, total_steps=self.total_steps)
 
   def _write_probe(self, step: int) -> None:
     """k-NN and linear probe of the current encoder (every process joins: params are sharded)."""
@@ -529,5 +587,7 @@ def optim_config(config, warmup_steps: int):
   return resolved
 
 
-def train(config, workdir: str) -> dict:
-  return Trainer(config, workdir).run()
+def train(config, workdir: str, callbacks: Sequence[Callback] = ()) -> dict:
+  """Trains `config` in `workdir` (resuming its latest checkpoint); returns `Trainer.run`'s
+  summary. `callbacks` see every batch and step (`Callback`)."""
+  return Trainer(config, workdir, callbacks).run()

@@ -1,4 +1,4 @@
-"""`pretrain`, `finetune`, `evaluate` and `kfold` commands (absl flags + ml_collections configs).
+"""`pretrain`, `finetune`, `evaluate` and `kfold` commands (argparse + ml_collections configs).
 
   python -m svfap_jax finetune --config configs/finetune_dfew.py:fold=1 --workdir W \
       --config.data.dir=D --config.init_from=P --config.batch_size=64
@@ -11,85 +11,67 @@ import logging
 import os
 from typing import Sequence
 
-from absl import flags
 import etils.epath as epath
-from ml_collections import config_flags
-
-_REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs")
-
-
-def _locate_config(argv: Sequence[str]) -> list[str]:
-  """Lets `--config configs/x.py` work from any directory by falling back to our configs/."""
-  argv = list(argv)
-  for i, arg in enumerate(argv):
-    value_index = None
-    if arg == "--config" and i + 1 < len(argv):
-      value_index, value = i + 1, argv[i + 1]
-    elif arg.startswith("--config="):
-      value = arg[len("--config="):]
-    else:
-      continue
-    path, _, preset = value.partition(":")
-    if not os.path.exists(path):
-      candidate = os.path.join(_REPO_CONFIGS, os.path.basename(path))
-      if os.path.exists(candidate):
-        value = candidate + (":" + preset if preset else "")
-        if value_index is None:
-          argv[i] = "--config=" + value
-        else:
-          argv[value_index] = value
-  return argv
 
 
 def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config file (configs/*.py[:args])",
-                                  flag_values=fv, lock_config=True)
-  flags.DEFINE_string("workdir", None, "run directory (local path or gs://)", flag_values=fv)
-  flags.DEFINE_string("coordinator", None, "jax.distributed coordinator HOST:PORT",
-                      flag_values=fv)
-  flags.DEFINE_integer("num_processes", None, "number of processes (jax.distributed)",
-                       flag_values=fv)
-  flags.DEFINE_integer("process_id", None, "this process's index (jax.distributed)",
-                       flag_values=fv)
-  flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "evaluate: which checkpoint",
-                    flag_values=fv)
-  argv = [a.replace("--num-processes", "--num_processes").replace("--process-id", "--process_id")
-          for a in _locate_config(argv)]
-  fv([prog] + argv)
-  if need_config and fv.config is None:
-    raise SystemExit(f"{prog}: --config is required")
-  if not fv.workdir:
-    raise SystemExit(f"{prog}: --workdir is required")
+  """Options of the run commands (argparse; see `svfap_jax.cli.parse_config_args`).
+
+  Joins jax.distributed when --coordinator/--num-processes/--process-id (or their environment
+  variables) say so and sets the console's log levels.
+
+  Returns:
+    argparse.Namespace: config (locked ml_collections ConfigDict, or None), workdir,
+    coordinator, num_processes, process_id, checkpoint ('best' | 'last').
+  """
+  from svfap_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.config_parser(prog, f"{prog}: run a config in a work directory.")
+  parser.add_argument("--workdir", required=True, help="run directory (local path or gs://)")
+  parser.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="jax.distributed coordinator (several processes)")
+  parser.add_argument("--num-processes", "--num_processes", dest="num_processes", type=int,
+                      help="number of processes (jax.distributed)")
+  parser.add_argument("--process-id", "--process_id", dest="process_id", type=int,
+                      help="this process's index (jax.distributed)")
+  parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                      help="evaluate: which checkpoint (default best)")
+  args = cli.parse_config_args(parser, argv, need_config=need_config)
   from svfap_jax import sharding  # pylint: disable=g-import-not-at-top
-  sharding.initialize_distributed(fv.coordinator, fv.num_processes, fv.process_id)
-  # Progress lines are printed; library INFO chatter (Orbax, absl) stays out of the console.
+  sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+  # Progress lines are printed; library INFO chatter (Orbax, absl) stays out of the console,
+  # except clu's progress notes.
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  return fv
+  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging
+  from svfap_jax.train import writer
+  # pylint: enable=g-import-not-at-top
+  absl_logging.set_verbosity(absl_logging.INFO)
+  if writer.PROGRESS_NOTES not in absl_logging.get_absl_logger().filters:
+    absl_logging.get_absl_logger().addFilter(writer.PROGRESS_NOTES)
+  return args
 
 
-def _train(argv, prog, mode):
+def _train(argv, prog, mode, callbacks=()):
   fv = parse_flags(argv, prog)
   from svfap_jax.train import config_check, loop  # pylint: disable=g-import-not-at-top
   if fv.config.mode != mode:
     raise SystemExit(f"{prog}: config mode is {fv.config.mode!r}; use a {mode} config")
   try:
-    summary = loop.train(fv.config, fv.workdir)
+    summary = loop.train(fv.config, fv.workdir, callbacks)
   except (config_check.ConfigError, loop.TrainingDiverged) as e:
     raise SystemExit(f"{prog}: {e}") from None
   print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
   return 0
 
 
-def pretrain_main(argv):
-  return _train(argv, "svfap pretrain", "pretrain")
+def pretrain_main(argv, callbacks=()):
+  """`svfap pretrain`; `callbacks` (`loop.Callback`) are handed to the trainer."""
+  return _train(argv, "svfap pretrain", "pretrain", callbacks)
 
 
-def finetune_main(argv):
-  return _train(argv, "svfap finetune", "finetune")
+def finetune_main(argv, callbacks=()):
+  """`svfap finetune`; `callbacks` (`loop.Callback`) are handed to the trainer."""
+  return _train(argv, "svfap finetune", "finetune", callbacks)
 
 
 def evaluate_main(argv):

@@ -1,7 +1,10 @@
-"""Run outputs: metrics.jsonl, TensorBoard events (clu), console progress, report.json.
+"""Run outputs: metrics.jsonl, TensorBoard events (clu), console lines, report.json.
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per line: training rows carry `step`,
 `loss`, `lr` (+ grad norm, throughput); evaluation rows carry `step`, `split` and the metrics.
+Progress (steps/s, share of time in evaluation and checkpointing, ETA) is clu's
+`periodic_actions.ReportProgress` (`RunWriter.progress`): TensorBoard scalars `steps_per_sec` and
+`uptime`, and its notes in the log (`PROGRESS_NOTES` lets them through a WARNING-level console).
 """
 from __future__ import annotations
 
@@ -10,14 +13,22 @@ import logging
 import math
 from typing import Optional
 
+from clu import periodic_actions
 import etils.epath as epath
 import jax
 import numpy as np
 
 
-def _format_seconds(s: float) -> str:
-  s = int(max(s, 0))
-  return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+class _ProgressNotes(logging.Filter):
+  """Passes warnings and clu's progress notes (logged at INFO by its local work unit)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.WARNING
+            or record.getMessage().startswith("Setting work unit notes"))
+
+
+# Added to the absl logger by the training commands, which otherwise keep it at WARNING.
+PROGRESS_NOTES = _ProgressNotes()
 
 
 def _jsonable(value):
@@ -56,18 +67,25 @@ class RunWriter:
             if line.strip() and json.loads(line).get("step", 0) <= step]
     self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
-  def write_train(self, row: dict, *, eta_s: float, total_steps: int):
+  def progress(self, total_steps: int, every_steps: int) -> periodic_actions.ReportProgress:
+    """clu's progress report for a run of `total_steps`, every `every_steps` steps.
+
+    Call it after every step (and once at the first step, which only starts its clock); wrap
+    evaluation and checkpointing in its `timed(name)` so the notes show their share of the time.
+    Every process keeps one; only process 0's writes scalars.
+    """
+    return periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                           writer=self._clu if self.active else None,
+                                           every_steps=max(int(every_steps), 1), every_secs=None)
+
+  def write_train(self, row: dict, *, total_steps: int):
     self._append(row)
     if not self.active:
       return
     self._clu.write_scalars(row["step"], {k: v for k, v in row.items()
                                           if k != "step" and isinstance(v, (int, float))})
-    logging.info("step %d/%d  loss %.4f  lr %.3g  %.1f clips/s/device  ETA %s", row["step"],
-                 total_steps, row["loss"], row["lr"], row["clips_per_s_per_device"],
-                 _format_seconds(eta_s))
     print(f"step {row['step']}/{total_steps}  loss {row['loss']:.4f}  lr {row['lr']:.3g}  "
-          f"{row['clips_per_s_per_device']:.1f} clips/s/device  ETA {_format_seconds(eta_s)}",
-          flush=True)
+          f"{row['clips_per_s_per_device']:.1f} clips/s/device", flush=True)
 
   def write_eval(self, row: dict):
     scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
