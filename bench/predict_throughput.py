@@ -147,14 +147,15 @@ def _interleaved(fns, repeats: int) -> dict:
 def _twin_forward(model, clips: np.ndarray):
   """The PyTorch twin's eval forward on the normalised batch; returns a blocking callable."""
   import torch  # pylint: disable=g-import-not-at-top
+  from data_pipelines import augment  # pylint: disable=g-import-not-at-top
   from svfap_jax.interop import torch_twin  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   twin = torch_twin.build_torch_model(model.spec, num_classes=model.options["num_classes"])
   twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
   twin.eval()
   video = clips.astype(np.float32) / 255.0
-  video = (video - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
-      [0.229, 0.224, 0.225], np.float32)
+  video = (video - np.array(augment.IMAGENET_MEAN, np.float32)) / np.array(
+      augment.IMAGENET_STD, np.float32)
   x = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 4, 1, 2, 3)))
 
   def run():

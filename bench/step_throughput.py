@@ -152,6 +152,7 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
 def twin_case(config, spec, params, batch: dict[str, np.ndarray], dtype: str = "float32"):
   """The same training step in the PyTorch twin; returns a blocking one-step callable."""
   import torch  # pylint: disable=g-import-not-at-top
+  from data_pipelines import augment  # pylint: disable=g-import-not-at-top
   from svfap_jax import masking  # pylint: disable=g-import-not-at-top
   from svfap_jax.interop import mapping, torch_twin
   pretrain = config.mode == "pretrain"
@@ -165,8 +166,8 @@ def twin_case(config, spec, params, batch: dict[str, np.ndarray], dtype: str = "
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
   s = spec.img_size
   video = batch["video"][:, :, :s, :s].astype(np.float32) / 255.0
-  video = (video - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
-      [0.229, 0.224, 0.225], np.float32)
+  video = (video - np.array(augment.IMAGENET_MEAN, np.float32)) / np.array(
+      augment.IMAGENET_STD, np.float32)
   x = torch.from_numpy(np.ascontiguousarray(video.transpose(0, 4, 1, 2, 3))).to(device)
   b = x.shape[0]
   labels = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
