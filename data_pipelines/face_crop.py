@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from data_pipelines import video_io
+
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
@@ -233,8 +235,9 @@ def square_crop(frame: np.ndarray, cx: float, cy: float, side: float, out_size: 
   """Square crop centred at (cx, cy), moved/shrunk to stay inside the frame, resized."""
   x0, y0, s = _inside(frame.shape[0], frame.shape[1], cx, cy, side)
   patch = frame[y0:y0 + s, x0:x0 + s]
-  interp = cv2.INTER_AREA if s > out_size else cv2.INTER_LINEAR
-  return cv2.resize(patch, (out_size, out_size), interpolation=interp)
+  out = video_io.resize(patch, out_size, out_size)
+  # At the output size resize returns the view itself; callers keep the crop past the frame.
+  return patch.copy() if out is patch else out
 
 
 def crop_frame(frame: np.ndarray, box: Optional[np.ndarray], spec: FaceCropSpec,

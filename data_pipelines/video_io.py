@@ -189,8 +189,7 @@ def _square_pixels(frame: np.ndarray, sar) -> np.ndarray:
   nw = max(2, 2 * int(round(w * float(sar) / 2)))
   if nw == w:
     return frame
-  interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
-  return cv2.resize(frame, (nw, h), interpolation=interp)
+  return resize(frame, h, nw)
 
 
 # ------------------------------------------------------------------------------------------------
