@@ -5,8 +5,8 @@
   python -m svfap_jax finetune --config configs/demo.py:finetune --workdir W \
       --config.data.dir=D --config.init_from=P
 
-Hardware: a 2-core CPU; the whole demo (data, pretraining, two fine-tunings, tests) takes under
-15 minutes. There is no paper number for synthetic faces: the check is that the pretrained model
+Hardware: a 2-core CPU; the whole demo (data, pretraining with probes, four fine-tunings: from the
+MAE checkpoint and from scratch, with all and with 10 % of the labels) is sized for 15 minutes. There is no paper number for synthetic faces: the check is that the pretrained model
 beats chance by a wide margin (README records the numbers).
 
 Sizing: `svfap_tiny` (64 px, width 64) is the largest TPSBT that gets enough optimisation steps on

@@ -1,7 +1,7 @@
 """`prepare --runner beam`: the same build as the local process pool, as an Apache Beam pipeline.
 
   python -m svfap_jax prepare --list train=train.csv --out DIR --runner beam [--workers 2]
-  python -m svfap_jax prepare --recipe voxceleb2 --src gs://b/vox2 --out gs://b/vox2_prepared \\
+  python -m svfap_jax prepare --list train=gs://b/vox2/train.txt --out gs://b/vox2_prepared \\
       --runner beam --beam-options "--runner=DataflowRunner --project=P --region=R \\
       --temp_location=gs://b/tmp --extra_package=dist/svfap_jax-0.1.0.tar.gz"
 

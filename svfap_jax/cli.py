@@ -98,8 +98,11 @@ def load_config(value: str, overrides: Sequence[str] = (), *, prog: str = "svfap
   except (flags.Error, OSError, AttributeError, KeyError, TypeError, ValueError) as e:
     if isinstance(e, KeyError) or isinstance(e.__context__, KeyError):
       # ml_collections names only the missing key; say which override asked for it.
+      key_error = e if isinstance(e, KeyError) else e.__context__
+      # KeyError's str() is its repr: take the message itself, on one line.
+      detail = " ".join(str(key_error.args[0] if key_error.args else key_error).split())
       raise ValueError(f"the config has no field named in {' '.join(overrides)} "
-                       f"({str(e).strip(chr(34))})") from None
+                       f"({detail})") from None
     # A config module's own error arrives with its traceback: keep the last line only.
     lines = [line for line in str(e).splitlines() if line.strip()]
     raise ValueError(f"--config {value}: {lines[-1].strip() if lines else e}") from None

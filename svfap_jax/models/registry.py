@@ -110,9 +110,9 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    # SVFAP-S / TPSBT-S: 29.7M params, 18.0 GMACs per 16x160^2 view.
+    # SVFAP-S / TPSBT-S: 29.7M params, 18.2 GMACs per 16x160^2 view (`describe`).
     "svfap_small": ModelSpec("tpsbt", 384, 6, (8, 4, 2)),
-    # SVFAP-B / TPSBT-B: 77.6M params, 43.5 GMACs per view.
+    # SVFAP-B / TPSBT-B: 77.6M params, 43.8 GMACs per view (`describe`; paper 43.6).
     "svfap_base": ModelSpec("tpsbt", 512, 8, (12, 6, 3)),
     # The paper's "vanilla ViT" ablation (Table 3): 24 plain blocks at width 512.
     "vanilla_vit_base": ModelSpec("vit", 512, 8, (24,)),
@@ -124,7 +124,8 @@ MODELS: dict[str, ModelSpec] = {
                             img_size=64, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2),
     "vit_tiny": ModelSpec("vit", 64, 4, (3,), img_size=64, decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
-    # The `make demo` model (configs/demo.py): svfap_tiny's encoder with 8 px patches, so a 64 px
+    # A demo-sized variant for pretraining experiments (README, "Demo"; configs/demo.py keeps
+    # svfap_tiny): svfap_tiny's encoder with 8 px patches, so a 64 px
     # frame has 8 x 8 tokens and 90 % tube masking still leaves ~6 visible per frame, and a
     # per-axis position table, with which a width-32 one-block decoder can place what it predicts
     # (with the 1-D table it fits little more than each clip's mean colour).
