@@ -1082,7 +1082,7 @@ def summary_text(report: dict, out_dir: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="svfap_jax prepare", description="Build sharded face-clip TFRecords.",
+      prog="svfap prepare", description="Build sharded face-clip TFRecords.",
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split("\n", 2)[2] if __doc__ else None)
   p.add_argument("--out", required=True, help="output dataset directory")
