@@ -105,3 +105,42 @@ def carphone() -> str:
   if not os.path.exists(path):
     pytest.skip(f"{path} missing")
   return path
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """Routes gs://bucket/... through etils.epath to a local folder, offline.
+
+  epath's own test hook (`epath.testing.mock_epath`) swaps the storage backend of every URL
+  scheme for one whose calls we wrap; TensorFlow's gfile backend (preferred when TF is
+  installed) is turned off so that the hook applies. Processes started by the test (Beam's
+  workers) do not see the hook. Every path epath is asked about is recorded, so a test can check
+  that the URL, not a local look-alike, reached epath.
+  Yields {"root": local folder standing for gs://bucket, "calls": [path strings]}.
+  """
+  from etils.epath import gpath  # pylint: disable=import-outside-toplevel
+  from etils.epath import testing  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / "bucket")
+  os.makedirs(root)
+  calls = []
+
+  def to_local(path):
+    path = os.fspath(path)
+    calls.append(path)
+    return root + path[len("gs://bucket"):] if path.startswith("gs://bucket") else path
+
+  def wrap(name):
+    def call(original, path, *args, **kwargs):
+      if name in ("rename", "replace", "copy"):
+        return original(to_local(path), to_local(args[0]), *args[1:], **kwargs)
+      out = original(to_local(path), *args, **kwargs)
+      if name == "glob":
+        out = ["gs://bucket" + o[len(root):] if o.startswith(root) else o for o in out]
+      return out
+    return call
+
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  names = ("open", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename",
+           "replace", "rmtree", "stat", "walk", "copy")
+  with testing.mock_epath(**{n: wrap(n) for n in names}):
+    yield {"root": root, "calls": calls}

@@ -257,36 +257,9 @@ def test_tfds_build_on_beam_gives_the_local_build(inputs, tmp_path, monkeypatch)
 
 
 @pytest.fixture
-def fake_bucket(tmp_path, monkeypatch):
-  """gs://bucket/... served from a local folder through epath's test hook (offline).
-
-  TensorFlow's gfile backend is turned off so that the hook applies; processes that Beam starts
-  would not see the hook, so tests using it run the DirectRunner in this process.
-  """
-  from etils.epath import gpath  # pylint: disable=import-outside-toplevel
-  from etils.epath import testing  # pylint: disable=import-outside-toplevel
-  root = str(tmp_path / "bucket")
-  os.makedirs(root)
-
-  def local(path):
-    path = os.fspath(path)
-    return root + path[len("gs://bucket"):] if path.startswith("gs://bucket") else path
-
-  def wrap(name):
-    def call(original, path, *args, **kwargs):
-      if name in ("rename", "replace", "copy"):
-        return original(local(path), local(args[0]), *args[1:], **kwargs)
-      out = original(local(path), *args, **kwargs)
-      if name == "glob":
-        out = ["gs://bucket" + o[len(root):] if o.startswith(root) else o for o in out]
-      return out
-    return call
-
-  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
-  names = ("open", "exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "remove", "rename",
-           "replace", "rmtree", "stat", "walk", "copy")
-  with testing.mock_epath(**{n: wrap(n) for n in names}):
-    yield root
+def fake_bucket(fake_gcs):
+  """The local folder standing for gs://bucket (conftest.fake_gcs); Beam runs in process here."""
+  return fake_gcs["root"]
 
 
 def test_videos_lists_and_output_in_a_bucket(inputs, tmp_path, fake_bucket):
