@@ -107,7 +107,7 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
   from svfap_jax import optim  # pylint: disable=g-import-not-at-top
   from svfap_jax import api
   from svfap_jax.models.registry import get_spec
-  from svfap_jax.train import loop, steps
+  from svfap_jax.train import loop
   from svfap_jax.train.state import TrainState
 
   pretrain = config.mode == "pretrain"
@@ -119,15 +119,7 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
                                pretrain=pretrain, total_steps=config.total_steps)
   ema = config.optim.ema_decay > 0
   state = jax.jit(lambda p: TrainState.create(p, tx, config.seed, ema))(params)
-  if pretrain:
-    step = steps.make_pretrain_step(module, tx, spec, mask_kind=config.mask.kind,
-                                    mask_ratio=config.mask.ratio,
-                                    normalize_target=config.mask.normalize_target,
-                                    ema_decay=config.optim.ema_decay)
-  else:
-    step = steps.make_finetune_step(module, tx, task=config.task, num_outputs=num_outputs,
-                                    augment_cfg=loop.augment_config(config),
-                                    ema_decay=config.optim.ema_decay)
+  step = loop.make_train_step(config, module, tx, spec, num_outputs, pretrain)
   batch = host_batch(spec, config, config.batch_size, seed)
   # The batch is an argument (as in training), never a closed-over constant that XLA could fold.
   device_batch = jax.device_put(batch)

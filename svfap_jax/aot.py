@@ -207,7 +207,7 @@ def compile_train_step(config, devices, *, batch_per_device: int, num_outputs: i
   import numpy as np  # pylint: disable=g-import-not-at-top
   from svfap_jax import optim, sharding  # pylint: disable=g-import-not-at-top
   from svfap_jax.models.registry import get_spec  # pylint: disable=g-import-not-at-top
-  from svfap_jax.train import loop, steps  # pylint: disable=g-import-not-at-top
+  from svfap_jax.train import loop  # pylint: disable=g-import-not-at-top
   from svfap_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
 
   pretrain = config.mode == "pretrain"
@@ -253,14 +253,7 @@ def compile_train_step(config, devices, *, batch_per_device: int, num_outputs: i
                                             sharding=sharding.batch_sharding(mesh, len(shape)))
                     for k, (shape, dtype) in batch.items()}
   batch_shardings = {k: v.sharding for k, v in abstract_batch.items()}
-  if pretrain:
-    step = steps.make_pretrain_step(module, tx, spec, mask_kind=config.mask.kind,
-                                    mask_ratio=config.mask.ratio,
-                                    ema_decay=config.optim.ema_decay)
-  else:
-    step = steps.make_finetune_step(module, tx, task=config.task, num_outputs=num_outputs,
-                                    augment_cfg=loop.augment_config(config),
-                                    ema_decay=config.optim.ema_decay)
+  step = loop.make_train_step(config, module, tx, spec, num_outputs, pretrain)
   train_step = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)),
                        donate_argnums=(0,))

@@ -274,16 +274,8 @@ class Trainer:
     batch_shardings = {"video": sharding.batch_sharding(self.mesh, 5),
                        "label": sharding.batch_sharding(self.mesh, 1),
                        "values": sharding.batch_sharding(self.mesh, 2)}
-    if self.pretrain:
-      step = steps.make_pretrain_step(self.module, self.tx, self.spec,
-                                      mask_kind=config.mask.kind, mask_ratio=config.mask.ratio,
-                                      normalize_target=config.mask.normalize_target,
-                                      ema_decay=config.optim.ema_decay)
-    else:
-      step = steps.make_finetune_step(self.module, self.tx, task=config.task,
-                                      num_outputs=self.num_outputs,
-                                      augment_cfg=augment_config(config),
-                                      ema_decay=config.optim.ema_decay)
+    step = make_train_step(config, self.module, self.tx, self.spec, self.num_outputs,
+                           self.pretrain)
     self.trace_count = 0
 
     def counted(state, batch):
@@ -567,6 +559,22 @@ class Trainer:
                                label_names=self.info.get("label_names"))
       out[f"test_{name}"] = result["metrics"]
     return out
+
+
+def make_train_step(config, module, tx, spec, num_outputs: int, pretrain: bool):
+  """The (state, batch) -> (state, metrics) step a run config trains with (not jitted).
+
+  One place that reads the step's options from the config (mask, target normalisation,
+  augmentation, EMA), so the trainer, `compile` and the step benchmark build the same step.
+  """
+  if pretrain:
+    return steps.make_pretrain_step(module, tx, spec, mask_kind=config.mask.kind,
+                                    mask_ratio=config.mask.ratio,
+                                    normalize_target=config.mask.normalize_target,
+                                    ema_decay=config.optim.ema_decay)
+  return steps.make_finetune_step(module, tx, task=config.task, num_outputs=num_outputs,
+                                  augment_cfg=augment_config(config),
+                                  ema_decay=config.optim.ema_decay)
 
 
 def augment_config(config) -> augment.AugmentConfig:
