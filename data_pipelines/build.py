@@ -160,11 +160,7 @@ class PrepareOptions:
         "decoder": "pyav (opencv fallback); frame folders: opencv",
         "resize": "shorter side to short_side, INTER_AREA down / INTER_LINEAR up",
     }
-    if self.face_crop:
-      out.update(self.face.describe())
-      out["face_source_factor"] = self.face_source_factor
-    else:
-      out.update({"face_detector": None, "crop_policy": "none (whole frame, aspect kept)"})
+    out.update(faces.crop_description(self.face_crop, self.face, self.face_source_factor))
     return out
 
 

@@ -261,3 +261,11 @@ def crop_faces(frames: Sequence[np.ndarray], out_size: int, spec: FaceCropSpec,
            for i, frame in enumerate(frames)]
   return crops, {"detected_fraction": 0.0 if track is None else track.detected_fraction,
                  "fallback_center": track is None}
+
+
+def crop_description(enabled: bool, spec: FaceCropSpec, source_factor: int) -> dict:
+  """The crop fields of a preprocessing record (dataset_info.json, predict's spec): the face
+  detector's settings and the decode-size factor when cropping, else the whole-frame policy."""
+  if not enabled:
+    return {"face_detector": None, "crop_policy": "none (whole frame, aspect kept)"}
+  return {**spec.describe(), "face_source_factor": source_factor}

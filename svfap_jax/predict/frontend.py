@@ -67,11 +67,7 @@ class Preprocessing:
            "target_fps": self.target_fps, "folder_fps": self.folder_fps,
            "eval_resize": self.eval_resize or self.img_size,
            "eval_crop": "short side resized to eval_resize, centre img_size square"}
-    if self.face_crop:
-      out.update(self.face.describe())
-      out["face_source_factor"] = self.face_source_factor
-    else:
-      out.update({"face_detector": None, "crop_policy": "none (whole frame, aspect kept)"})
+    out.update(faces.crop_description(self.face_crop, self.face, self.face_source_factor))
     return out
 
 
