@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from conftest import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
@@ -98,9 +100,11 @@ def test_op_profile_ranks_the_matmul():
 @pytest.mark.slow
 def test_tiny_suite_runs_every_phase(tmp_path):
   """bench/gpu_suite.sh end to end in its CPU smoke mode (minutes on 2 cores)."""
-  env = dict(os.environ, OUT=str(tmp_path), SUITE_TINY="1", SUITE_BUDGET_S="900",
-             SUITE_TIMEOUT_S="1000", PYTHON=sys.executable)
-  proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_suite.sh")], env=env,
+  env = subprocess_env(1, OUT=tmp_path, SUITE_TINY=1, SUITE_BUDGET_S=900, SUITE_TIMEOUT_S=1000,
+                       PYTHON=sys.executable)
+  # One batch size is enough to see the search run (and saves compiling a second step).
+  proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_suite.sh"),
+                         "--max-batch-limit", "2"], env=env,
                         capture_output=True, text=True, timeout=1100, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   phases = json.loads((tmp_path / "gpu_suite.json").read_text())["phases"]

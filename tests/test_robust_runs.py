@@ -493,9 +493,6 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
   exit 0 (a process stopping alone would leave the other waiting in a collective)."""
   data = _prepare(tmp_path, "ds", {"train": [("R/a", 0), ("R/b", 1), ("R/c", 0), ("R/d", 1)]})
   port = _free_port()
-  # A few steps of a tiny model: compile time is what counts, so skip LLVM's costly passes.
-  fast = ("--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 "
-          "--xla_llvm_disable_expensive_passes=true")
   argv = [sys.executable, "-m", "svfap_jax", "pretrain", "--config", "configs/demo.py:pretrain",
           "--workdir", str(tmp_path / "P"), f"--config.data.dir={data}",
           "--config.total_steps=300", "--config.batch_size=2", "--config.log_every_steps=1",
@@ -503,8 +500,7 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
   procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True,
                             env=subprocess_env(1, SVFAP_COORDINATOR=f"127.0.0.1:{port}",
-                                               SVFAP_NUM_PROCESSES=2, SVFAP_PROCESS_ID=i,
-                                               XLA_FLAGS=fast))
+                                               SVFAP_NUM_PROCESSES=2, SVFAP_PROCESS_ID=i))
            for i in range(2)]
   try:
     deadline = time.time() + 600

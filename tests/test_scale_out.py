@@ -52,13 +52,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(devices, **extra):
-  env = subprocess_env(devices, **extra)
-  # Five steps on a tiny model: compile time is what counts, so skip LLVM's costly passes.
-  env["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  return env
-
-
 def _check(proc, what):
   if proc.returncode != 0:
     raise AssertionError(f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
@@ -73,7 +66,7 @@ def _audited(audit) -> list[str]:
 
 def _one_process(workdir, data, *extra, audit=None, script=None):
   """1 process x 8 devices."""
-  env = _env(8)
+  env = subprocess_env(8)
   if script:
     argv = ["-c", script]
   else:
@@ -95,7 +88,7 @@ def _two_processes(workdir, data, *extra, audit):
          "--no-xla-flags", "--python", str(python), "--port", str(_free_port()),
          "--log-dir", str(logs), "--config", _RUN[1], "--workdir", str(workdir), "--",
          *_RUN[2:], f"--config.data.dir={data}", *extra]
-  proc = subprocess.run(cmd, cwd=ROOT, env=_env(4),
+  proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(4),
                         capture_output=True, text=True, timeout=900)
   if proc.returncode != 0:
     log = "\n".join(p.read_text()[-3000:] for p in sorted(logs.glob("*.log")))
@@ -190,8 +183,8 @@ def test_checkpoints_reshard_across_process_counts(runs, tmp_path):
       [sys.executable, "-c", _RESTORE_DUMP, *_RUN, "--workdir", str(tmp_path / "one"),
        f"--config.data.dir={runs['data']}", "--config.mesh.data=1", "--config.mesh.fsdp=8",
        str(into_two)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=_env(4, SVFAP_COORDINATOR=f"127.0.0.1:{port}", SVFAP_NUM_PROCESSES=2,
-               SVFAP_PROCESS_ID=i)) for i in range(2)]
+      env=subprocess_env(4, SVFAP_COORDINATOR=f"127.0.0.1:{port}", SVFAP_NUM_PROCESSES=2,
+                         SVFAP_PROCESS_ID=i)) for i in range(2)]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
@@ -401,7 +394,7 @@ def test_parse_target():
 def test_compile_command_reports_memory():
   args = [sys.executable, "-m", "svfap_jax", "compile", "--config", "configs/demo.py:pretrain",
           "--batch-per-device", "2", "--config.model.name=svfap_tiny", "--config.data.img_size=64"]
-  proc = _check(subprocess.run(args + ["--topology", "cpu:2"], cwd=ROOT, env=_env(1),
+  proc = _check(subprocess.run(args + ["--topology", "cpu:2"], cwd=ROOT, env=subprocess_env(1),
                                capture_output=True, text=True, timeout=900), "compile")
   out = proc.stdout
   assert "cpu:2 -> CPU x2 (host platform)" in out and "PROXY" not in out
