@@ -22,7 +22,8 @@ def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
 
   Returns:
     argparse.Namespace: config (locked ml_collections ConfigDict, or None), workdir,
-    coordinator, num_processes, process_id, checkpoint ('best' | 'last').
+    coordinator, num_processes, process_id, and for `svfap evaluate` checkpoint ('best' |
+    'last').
   """
   from svfap_jax import cli  # pylint: disable=g-import-not-at-top
   parser = cli.config_parser(prog, f"{prog}: run a config in a work directory.")
@@ -33,8 +34,9 @@ def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
                       help="number of processes (jax.distributed)")
   parser.add_argument("--process-id", "--process_id", dest="process_id", type=int,
                       help="this process's index (jax.distributed)")
-  parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                      help="evaluate: which checkpoint (default best)")
+  if prog == "svfap evaluate":
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="which checkpoint (default best)")
   args = cli.parse_config_args(parser, argv, need_config=need_config)
   from svfap_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
