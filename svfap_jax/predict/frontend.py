@@ -71,7 +71,6 @@ class Preprocessing:
     return out
 
 
-
 def default_short_side(img_size: int) -> int:
   """The builder's convention: frames stored at about 1.1 x the model's crop."""
   return int(round(img_size * 1.1))

@@ -16,7 +16,15 @@ from svfap_jax.train.state import TrainState
 
 
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+  """One bool scalar: every element of every leaf is finite.
+
+  The barrier keeps the per-leaf flags one array, reduced once. Without it XLA rewrites the
+  reduction as a chain of scalar `and`s and copies that chain into every per-parameter select
+  fusion: 75k of the 190k HLO instructions of the svfap_tiny pretraining step, whose compile
+  time drops from 66 to 49 s with the barrier (fine-tuning 79 -> 59 s; 2-core CPU).
+  """
+  flags = jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)])
+  return jnp.all(jax.lax.optimization_barrier(flags))
 
 
 def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
