@@ -52,7 +52,15 @@ def pytest_addoption(parser):
                   help="output folder of a finished `make demo` run (default ./demo_out)")
 
 
+# The files with the longest tests (minutes of subprocess runs each) go first, so that under
+# `pytest -n 2 --dist loadfile` they do not start last and leave one worker running them alone.
+LONGEST_FILES_FIRST = ("test_train.py", "test_scale_out.py", "test_robust_runs.py",
+                       "test_gpu_suite.py", "test_predict.py", "test_probe.py", "test_parity.py")
+
+
 def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: else unchanged
   run_extra = config.getoption("--run-extra")
   skip_extra = pytest.mark.skip(reason="an `extra` test: pass --run-extra to run it")
   for item in items:
