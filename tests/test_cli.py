@@ -59,7 +59,8 @@ def test_run_commands_take_dashed_and_underscored_process_flags(monkeypatch):
   monkeypatch.setattr(sharding, "initialize_distributed", lambda *a: seen.append(a))
   args = train_main.parse_flags(
       ["--config", "configs/demo.py:pretrain", "--workdir", "W", "--coordinator", "h:1",
-       "--num-processes", "2", "--process_id", "1", "--checkpoint", "last"], "svfap evaluate")
+       "--num-processes", "2", "--process_id", "1", "--checkpoint", "last"], "svfap evaluate",
+      choose_checkpoint=True)
   assert seen == [("h:1", 2, 1)] and args.checkpoint == "last" and args.workdir == "W"
   with pytest.raises(SystemExit):   # which checkpoint to read is evaluate's option only
     train_main.parse_flags(["--config", "configs/demo.py:pretrain", "--workdir", "W",

@@ -448,7 +448,8 @@ def test_config_docstring_commands_parse(monkeypatch):
       # ml_collections registers the --config.* overrides from sys.argv, as the CLI has it.
       monkeypatch.setattr(sys, "argv", ["svfap", command] + rest)
       try:
-        fv = train_main.parse_flags(rest, f"svfap {command}")
+        fv = train_main.parse_flags(rest, f"svfap {command}",
+                                    choose_checkpoint=command == "evaluate")
       except (SystemExit, Exception) as e:  # pylint: disable=broad-except
         problems.append(f"{name}: {command} {' '.join(rest)}: {type(e).__name__}: {e}")
         continue

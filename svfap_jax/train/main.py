@@ -14,7 +14,8 @@ from typing import Sequence
 import etils.epath as epath
 
 
-def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
+def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True,
+                choose_checkpoint: bool = False):
   """Options of the run commands (argparse; see `svfap_jax.cli.parse_config_args`).
 
   Joins jax.distributed when --coordinator/--num-processes/--process-id (or their environment
@@ -22,8 +23,8 @@ def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
 
   Returns:
     argparse.Namespace: config (locked ml_collections ConfigDict, or None), workdir,
-    coordinator, num_processes, process_id, and for `svfap evaluate` checkpoint ('best' |
-    'last').
+    coordinator, num_processes, process_id, and with choose_checkpoint (evaluate) checkpoint
+    ('best' | 'last').
   """
   from svfap_jax import cli  # pylint: disable=g-import-not-at-top
   parser = cli.config_parser(prog, f"{prog}: run a config in a work directory.")
@@ -34,7 +35,7 @@ def parse_flags(argv: Sequence[str], prog: str, *, need_config: bool = True):
                       help="number of processes (jax.distributed)")
   parser.add_argument("--process-id", "--process_id", dest="process_id", type=int,
                       help="this process's index (jax.distributed)")
-  if prog == "svfap evaluate":
+  if choose_checkpoint:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="which checkpoint (default best)")
   args = cli.parse_config_args(parser, argv, need_config=need_config)
@@ -78,7 +79,7 @@ def finetune_main(argv, callbacks=()):
 
 def evaluate_main(argv):
   """Multi-view test of a fine-tuning workdir's best (default) or last checkpoint."""
-  fv = parse_flags(argv, "svfap evaluate")
+  fv = parse_flags(argv, "svfap evaluate", choose_checkpoint=True)
   import jax  # pylint: disable=g-import-not-at-top
   from svfap_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from svfap_jax.train import evaluate, loop  # pylint: disable=g-import-not-at-top
