@@ -104,8 +104,8 @@ def main(argv=None) -> int:
                     f"{twin_wall:.2f} s / batch -> {args.batch / twin_wall:.2f} windows/s; "
                     f"**JAX/twin {twin_wall / model_wall:.2f}**",
                     f"{twin_cpu:.2f} s -> {args.batch / twin_cpu:.2f} windows per CPU-s"))
-  print(f"`{command.strip()}`  \nMachine: {machine.describe()}, load average {os.getloadavg()[0]:.1f}.  \nMedian of {args.repeats} after "
-        "warm-up.\n")
+  print(f"`{command.strip()}`  \nMachine: {machine.describe()}, load average "
+        f"{os.getloadavg()[0]:.1f}.  \nMedian of {args.repeats} after warm-up.\n")
   print("| measurement | wall | process CPU |\n|---|---|---|")
   for row in rows:
     print("| " + " | ".join(row) + " |")
