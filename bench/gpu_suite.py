@@ -46,9 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="wall-clock budget of the whole run; phases that would not fit are "
                       "skipped with the reason recorded")
   parser.add_argument("--tiny", action="store_true",
-                      help="CPU smoke mode: svfap_tiny, batch 2, float32, short search")
+                      help="CPU smoke mode: svfap_micro, batch 2, float32, short search")
   parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases")
-  parser.add_argument("--model", default=None, help="default svfap_base (svfap_tiny if --tiny)")
+  parser.add_argument("--model", default=None, help="default svfap_base (svfap_micro if --tiny)")
   parser.add_argument("--dtype", default=None, help="default bfloat16 (float32 if --tiny)")
   parser.add_argument("--finetune-batch", type=int, default=None)
   parser.add_argument("--pretrain-batch", type=int, default=None)
@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.error(f"--only: unknown phase(s) {unknown}; choose from {list(PHASES)}")
   args.phases = phases
   tiny = args.tiny
-  defaults = dict(model="svfap_tiny" if tiny else "svfap_base",
+  defaults = dict(model="svfap_micro" if tiny else "svfap_base",
                   dtype="float32" if tiny else "bfloat16",
                   finetune_batch=2 if tiny else 32, pretrain_batch=2 if tiny else 64,
                   repeats=2 if tiny else 5, max_batch_start=2 if tiny else 32,

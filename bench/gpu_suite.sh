@@ -2,7 +2,7 @@
 # Every GPU check of the step-speed work in one run of at most 6 minutes; JSON in $OUT.
 #
 #   OUT=/tmp/suite bench/gpu_suite.sh            # on a GPU machine (bf16, svfap_base)
-#   OUT=/tmp/suite SUITE_TINY=1 bench/gpu_suite.sh   # CPU smoke mode: svfap_tiny, tiny batches
+#   OUT=/tmp/suite SUITE_TINY=1 bench/gpu_suite.sh   # CPU smoke mode: svfap_micro, tiny batches
 #
 # Runs bench/gpu_suite.py (phases: attention equality on the device, JAX train step vs PyTorch
 # twin for fine-tuning and pretraining, largest fitting fine-tuning batch, top-15 op profile) with

@@ -12,8 +12,14 @@ import sys
 
 import pytest
 
+# Most tests (and most subprocess runs) compile a tiny model and run it a few times: compiling is
+# what they wait for, so LLVM's optimisation passes are skipped (about a quarter off compile times;
+# the program is the same HLO, only the generated loops run slower). Set before JAX is imported.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
 # Tests run on the CPU; keep XLA from grabbing every core per process (pytest-xdist runs two).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("XLA_FLAGS", FAST_COMPILE_FLAGS)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,12 +74,6 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(FILE_TIERS.get(item.path.name, "unit"))
     if item.get_closest_marker("extra") and not run_extra:
       item.add_marker(skip_extra)
-
-
-# Most subprocess runs train a tiny model for a few steps: compiling is what they wait for, so
-# LLVM's optimisation passes are skipped (about a quarter off the train step's compile time; the
-# program and its numerics are the same HLO, only the generated loops run slower).
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def subprocess_env(devices: int = 1, *, fast_compile: bool = True, **extra) -> dict:

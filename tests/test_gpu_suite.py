@@ -27,7 +27,7 @@ def test_arguments_and_modes(tmp_path):
   assert gpu.phases == list(gpu_suite.PHASES) and gpu.budget_s <= 360
   tiny = gpu_suite.parse_args(["--out", str(tmp_path), "--tiny", "--only", "attention,profile",
                                "--finetune-batch", "3"])
-  assert (tiny.model, tiny.dtype, tiny.finetune_batch) == ("svfap_tiny", "float32", 3)
+  assert (tiny.model, tiny.dtype, tiny.finetune_batch) == ("svfap_micro", "float32", 3)
   assert tiny.phases == ["attention", "profile"]
   with pytest.raises(SystemExit):
     gpu_suite.parse_args(["--out", str(tmp_path), "--only", "attention,warp"])

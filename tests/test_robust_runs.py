@@ -11,8 +11,8 @@
 - SIGTERM on one process of a multi-process run stops every process at the same step.
 
 Training runs in this process where a failure is injected (monkeypatch); runs that need another
-device or process count are subprocesses. All use svfap_tiny at 64 px on tiny frame-folder
-datasets written here.
+device or process count are subprocesses. All train svfap_micro (one block per stage) at 64 px on
+tiny frame-folder datasets written here.
 """
 import contextlib
 import csv
@@ -33,7 +33,7 @@ from conftest import JAX_CACHE_DIR, subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LONG_DIR = "\u8868\u60c5" * 42   # 84 CJK characters: 252 UTF-8 bytes
-_TINY = ["--config.model.name=svfap_tiny", "--config.data.img_size=64",
+_MICRO = ["--config.model.name=svfap_micro", "--config.data.img_size=64",
          "--config.recon_image_every_steps=0", "--config.data.worker_count=0"]
 
 
@@ -102,7 +102,7 @@ def _finetune_args(workdir, data, *extra):
   return ["finetune", "--config", str(ROOT / "configs/demo.py") + ":finetune", "--workdir",
           workdir, f"--config.data.dir={data}", "--config.total_steps=2",
           "--config.batch_size=2", "--config.eval_every_steps=2",
-          "--config.checkpoint_every_steps=2", "--config.log_every_steps=1", *_TINY, *extra]
+          "--config.checkpoint_every_steps=2", "--config.log_every_steps=1", *_MICRO, *extra]
 
 
 def _read_csv(path):
@@ -291,7 +291,7 @@ def test_every_command_takes_relative_paths(run):
   with _inside(root):
     assert _cli("export", "--workdir", "W", "--out", "out/m.pth") == 0
     assert (root / "out" / "m.pth").stat().st_size > 0
-    assert _cli("import", "--torch", "out/m.pth", "--workdir", "imp", "--model", "svfap_tiny",
+    assert _cli("import", "--torch", "out/m.pth", "--workdir", "imp", "--model", "svfap_micro",
                 "--num-classes", "2") == 0
     assert (root / "imp" / "checkpoints" / "0").is_dir()
     assert _cli("predict", "--workdir", "W", "--video", "R/a", "--face-crop", "off", "--out",
@@ -302,7 +302,7 @@ def test_every_command_takes_relative_paths(run):
     embedding = np.load(root / "out" / "emb.npy", allow_pickle=True).item()["video"]
     assert embedding.ndim == 1 and np.isfinite(embedding).all()
     assert _cli("evaluate", "--config", str(ROOT / "configs/demo.py") + ":finetune", "--workdir",
-                "W", "--config.data.dir=ds", "--config.batch_size=2", *_TINY) == 0
+                "W", "--config.data.dir=ds", "--config.batch_size=2", *_MICRO) == 0
     assert json.loads((root / "W" / "report.json").read_text())["evaluate_best"]["num_videos"] == 4
     # A relative init_from; one step from the imported weights.
     assert _cli(*_finetune_args("W2", "ds", "--config.init_from=imp",
@@ -350,7 +350,7 @@ def test_eval_batch_that_does_not_split_over_devices_is_padded(run, tmp_path):
   argv = [sys.executable, "-m", "svfap_jax", "evaluate", "--config",
           str(ROOT / "configs/demo.py") + ":finetune", "--workdir", str(tmp_path / "W"),
           f"--config.data.dir={run['root'] / 'ds'}", "--config.batch_size=2",
-          "--config.data.eval_batch_size=3", "--checkpoint", "last", *_TINY]
+          "--config.data.eval_batch_size=3", "--checkpoint", "last", *_MICRO]
   proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(2), capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -376,7 +376,7 @@ def _regression_config(data, **overrides):
     config.data.dir = str(data)
     config.task = "regression"
     config.best_metric = "ccc"
-    config.model.name = "svfap_tiny"
+    config.model.name = "svfap_micro"
     config.total_steps = 4
     config.batch_size = 2
     config.eval_every_steps = 4
@@ -496,7 +496,7 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_step(tmp_path):
   argv = [sys.executable, "-m", "svfap_jax", "pretrain", "--config", "configs/demo.py:pretrain",
           "--workdir", str(tmp_path / "P"), f"--config.data.dir={data}",
           "--config.total_steps=300", "--config.batch_size=2", "--config.log_every_steps=1",
-          "--config.checkpoint_every_steps=1000", "--config.mesh.data=-1", *_TINY]
+          "--config.checkpoint_every_steps=1000", "--config.mesh.data=-1", *_MICRO]
   procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True,
                             env=subprocess_env(1, SVFAP_COORDINATOR=f"127.0.0.1:{port}",

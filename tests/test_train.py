@@ -21,7 +21,7 @@ def _run(command, workdir, data, *overrides, devices=1, mode_config="configs/dem
   """Runs `python -m svfap_jax COMMAND ...`; `callbacks` are options of tests/callback_run.py."""
   hooks = [str(ROOT / "tests" / "callback_run.py"), *callbacks] if callbacks else []
   argv = [sys.executable, *hooks, "-m", "svfap_jax", command, "--config", mode_config,
-          "--workdir", str(workdir), f"--config.data.dir={data}", "--config.model.name=svfap_tiny",
+          "--workdir", str(workdir), f"--config.data.dir={data}", "--config.model.name=svfap_micro",
           "--config.data.img_size=64", "--config.log_every_steps=1",
           "--config.recon_image_every_steps=0", *overrides]
   proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(devices, **(env_extra or {})),
@@ -120,7 +120,8 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
   out = tmp_path / "demo"
   argv = [sys.executable, "-m", "svfap_jax", "demo", "--out", str(out), "--clips-per-class", "2",
           "--pretrain-steps", "2", "--finetune-steps", "2", "--workers", "1",
-          "--config-override", "finetune:batch_size=4", "--config-override", "pretrain:batch_size=4"]
+          "--config-override", "finetune:batch_size=4", "--config-override", "pretrain:batch_size=4",
+          "--config-override", "model.name=svfap_micro"]
   proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
