@@ -60,8 +60,10 @@ def pytest_addoption(parser):
 
 # The files with the longest tests (minutes of subprocess runs each) go first, so that under
 # `pytest -n 2 --dist loadfile` they do not start last and leave one worker running them alone.
-LONGEST_FILES_FIRST = ("test_train.py", "test_scale_out.py", "test_robust_runs.py",
-                       "test_gpu_suite.py", "test_predict.py", "test_probe.py", "test_parity.py")
+# Order: measured test time per file (`--durations=0`), longest first.
+LONGEST_FILES_FIRST = ("test_train.py", "test_scale_out.py", "test_predict.py",
+                       "test_robust_runs.py", "test_parity.py", "test_gpu_suite.py",
+                       "test_attention.py", "test_models.py", "test_probe.py")
 
 
 def pytest_collection_modifyitems(config, items):
