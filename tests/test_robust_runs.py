@@ -34,7 +34,7 @@ from conftest import JAX_CACHE_DIR, subprocess_env
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LONG_DIR = "\u8868\u60c5" * 42   # 84 CJK characters: 252 UTF-8 bytes
 _MICRO = ["--config.model.name=svfap_micro", "--config.data.img_size=64",
-         "--config.recon_image_every_steps=0", "--config.data.worker_count=0"]
+          "--config.recon_image_every_steps=0", "--config.data.worker_count=0"]
 
 
 def _enable_compile_cache():
