@@ -107,13 +107,20 @@ class Identity:
   talk: float
   turn: float = 0.15       # largest resting yaw (radians)
   tilt: float = 0.08       # largest resting roll (radians)
+  # Shading of the head as a lit ellipsoid (0 = flat colour) and the light's direction
+  # (x right, y down, z towards the camera), and skin texture: the contrast of a fixed,
+  # per-identity field of smooth blotches (0 = none).
+  shade: float = 0.0
+  shade_dir: tuple[float, float, float] = (0.0, 0.0, 1.0)
+  texture: float = 0.0
+  texture_seed: int = 0
 
 
 def _color(rng, lo, hi) -> np.ndarray:
   return rng.uniform(lo, hi).astype(np.float32)
 
 
-VARIATIONS = ("full", "studio")
+VARIATIONS = ("full", "studio", "closeup")
 
 
 def sample_identity(rng: np.random.Generator, variation: str = "full") -> Identity:
@@ -122,10 +129,15 @@ def sample_identity(rng: np.random.Generator, variation: str = "full") -> Identi
   `variation="full"` draws cluttered backgrounds, strong lighting and head motion; "studio" keeps
   the identity (skin, hair, face geometry, eye colour, clothes) as varied but films it the way
   lab datasets such as CREMA-D or RAVDESS are filmed: plain backdrop, even light, a larger face
-  and little head motion, so that expression is the dominant change between clips.
+  and little head motion, so that expression is the dominant change between clips. "closeup"
+  is the aligned face crop that face-video datasets ship (DFEW, FERV39k, MAFW: the face fills
+  the frame, forehead to chin), with the head shaded as a lit solid and textured skin, so that
+  every patch of the face has structure of its own rather than one flat colour.
   """
   if variation not in VARIATIONS:
     raise ValueError(f"variation must be one of {VARIATIONS}, got {variation!r}")
+  if variation == "closeup":
+    return _closeup_identity(rng)
   studio = variation == "studio"
   tone = rng.uniform(0, 1)
   skin = np.array([255 - 120 * tone, 215 - 125 * tone, 185 - 120 * tone], np.float32)
@@ -171,6 +183,18 @@ def sample_identity(rng: np.random.Generator, variation: str = "full") -> Identi
       turn=0.04 if studio else 0.15,
       tilt=0.02 if studio else 0.08,
   )
+
+
+def _closeup_identity(rng: np.random.Generator) -> Identity:
+  """An aligned face crop: the "studio" identity, zoomed so that the face fills the frame."""
+  ident = sample_identity(rng, "studio")
+  light = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-0.7, 0.2), 1.0])
+  return dataclasses.replace(
+      ident, face_w=(w := rng.uniform(0.40, 0.44)), face_h=w * rng.uniform(1.15, 1.3),
+      center=(0.5 + rng.uniform(-0.015, 0.015), 0.53 + rng.uniform(-0.015, 0.015)),
+      shade=float(rng.uniform(0.25, 0.45)),
+      shade_dir=tuple(float(v) for v in light / np.linalg.norm(light)),
+      texture=float(rng.uniform(0.04, 0.08)), texture_seed=int(rng.integers(2**31)))
 
 
 def pose_track(identity: Identity, num_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -391,6 +415,38 @@ def _draw_mouth(img, proj, identity, expr, px):
               0.02 * px)
 
 
+def _surface(identity: Identity, pose: np.ndarray, size: int, x: np.ndarray,
+             y: np.ndarray) -> np.ndarray:
+  """(size, size) brightness factor: Lambertian shading of the head's ellipsoid and skin texture.
+
+  Both move with the head: they are computed in face-local coordinates under the frame's pose.
+  """
+  yaw, roll, dx, dy, scale = (float(v) for v in pose)
+  unit = identity.face_w * scale
+  asp = identity.face_h / identity.face_w
+  # Undo the projection's roll (yaw only shifts the bulge; its shading follows the light).
+  u = (x - identity.center[0] - dx) / unit
+  v = (y - identity.center[1] - dy) / unit
+  u, v = u * np.cos(roll) + v * np.sin(roll), -u * np.sin(roll) + v * np.cos(roll)
+  r2 = u ** 2 + (v / (1.15 * asp)) ** 2
+  z = np.sqrt(np.clip(1 - r2, 0, 1))
+  nx, ny = u * np.cos(yaw) - z * np.sin(yaw), v / (1.15 * asp)
+  nz = z * np.cos(yaw) + u * np.sin(yaw)
+  lx, ly, lz = identity.shade_dir
+  lambert = np.clip(nx * lx + ny * ly + nz * lz, 0, 1)
+  inside = np.clip((1 - r2) * 8, 0, 1)  # fades out over the head's rim
+  factor = 1 + identity.shade * inside * (lambert - 0.75)
+  if identity.texture > 0:
+    # A smooth random field fixed to the face (sampled in face coordinates): blotches of skin.
+    field_rng = np.random.default_rng(identity.texture_seed)
+    grid = field_rng.normal(0, 1, (24, 24)).astype(np.float32)
+    gx = np.clip((u + 1.2) / 2.4 * 23, 0, 23).astype(np.float32)
+    gy = np.clip((v / asp + 1.2) / 2.4 * 23, 0, 23).astype(np.float32)
+    blotches = cv2.remap(cv2.GaussianBlur(grid, (5, 5), 0) * 2.5, gx, gy, cv2.INTER_CUBIC)
+    factor = factor * (1 + identity.texture * inside * blotches)
+  return factor.astype(np.float32)
+
+
 def render_frame(expr: np.ndarray, pose: np.ndarray, identity: Identity, size: int,
                  background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """One RGB uint8 frame of `identity` showing expression `expr` under `pose`."""
@@ -423,6 +479,8 @@ def render_frame(expr: np.ndarray, pose: np.ndarray, identity: Identity, size: i
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
   light = 1 + identity.light_strength * (np.cos(identity.light_dir) * xx
                                          + np.sin(identity.light_dir) * yy)
+  if identity.shade > 0 or identity.texture > 0:
+    light = light * _surface(identity, pose, size, xx + 0.5, yy + 0.5)
   out = img.astype(np.float32) * (light[..., None] * identity.brightness)
   out += rng.normal(0, identity.noise, out.shape).astype(np.float32)
   return np.clip(out, 0, 255).astype(np.uint8)
@@ -470,12 +528,15 @@ class SyntheticClip:
 
 
 def make_clip(emotion, num_frames: int, size: int, rng: np.random.Generator,
-              variation: str = "full") -> SyntheticClip:
-  """A random identity showing `emotion` (neutral -> apex -> partial release), with its labels."""
+              variation: str = "full", identity: Optional[Identity] = None) -> SyntheticClip:
+  """`identity` (a random one when None) showing `emotion` (neutral -> apex -> partial release),
+  with its labels."""
   e = emotion_index(emotion)
   intensity = float(rng.uniform(0.7, 1.0))
   schedule = expression_schedule(e, num_frames, rng, intensity)
-  frames = render_frames(schedule, size, rng, identity=sample_identity(rng, variation))
+  if identity is None:
+    identity = sample_identity(rng, variation)
+  frames = render_frames(schedule, size, rng, identity=identity)
   v, a = valence_arousal(e, intensity, rng)
   return SyntheticClip(frames, e, intensity, v, a)
 
@@ -497,20 +558,38 @@ def _write_lines(path: str, lines: Sequence[str]) -> str:
 
 
 def _settings(num_clips_per_class, num_frames, size, seed, folds, test_fraction, fps=25.0,
-              write_videos=True, write_frames=True, jpeg_quality=95, variation="full") -> dict:
+              write_videos=True, write_frames=True, jpeg_quality=95, variation="full",
+              actors=0) -> dict:
   """What a raw synthetic dataset was written with (decides whether it can be reused)."""
-  return {"num_clips_per_class": num_clips_per_class, "num_frames": num_frames, "size": size,
-          "seed": seed, "folds": folds, "test_fraction": test_fraction, "fps": fps,
-          "write_videos": write_videos, "write_frames": write_frames,
-          "jpeg_quality": jpeg_quality, "variation": variation}
+  settings = {"num_clips_per_class": num_clips_per_class, "num_frames": num_frames, "size": size,
+              "seed": seed, "folds": folds, "test_fraction": test_fraction, "fps": fps,
+              "write_videos": write_videos, "write_frames": write_frames,
+              "jpeg_quality": jpeg_quality, "variation": variation}
+  if actors:
+    settings["actors"] = actors
+  return settings
 
 
 def _fold_of(j: int, n: int, folds: int, test_fraction: float) -> int:
-  """1-based fold whose test split holds the j-th of the n clips of a class (0: train only)."""
+  """1-based fold whose test split holds the j-th of n items (0: train only).
+
+  The items are the clips of one class, or the actors of an `actors` dataset.
+  """
   if folds > 1:
     return j % folds + 1
   n_test = min(n - 1, max(1, int(round(n * test_fraction)))) if n > 1 else 0
   return 1 if j >= n - n_test else 0
+
+
+def actor_of(i: int, actors: int) -> int:
+  """0-based actor of clip `i` (1-based) in a dataset of `actors` people: clips come in rounds
+  of one clip per class, and every round is one actor's, so each actor shows every emotion."""
+  return (i - 1) // len(EMOTIONS) % actors
+
+
+def actor_identity(seed: int, actor: int, variation: str) -> Identity:
+  """The appearance of `actor`, the same in all of the actor's clips."""
+  return sample_identity(np.random.default_rng([seed, 1_000_003, actor]), variation)
 
 
 def _write_clip(job: dict) -> dict:
@@ -520,8 +599,11 @@ def _write_clip(job: dict) -> dict:
 
   i = job["i"]
   emotion = (i - 1) % len(EMOTIONS)
+  actors = job.get("actors", 0)
+  identity = (actor_identity(job["seed"], actor_of(i, actors), job["variation"]) if actors
+              else None)
   clip = make_clip(emotion, job["num_frames"], job["size"], np.random.default_rng([job["seed"], i]),
-                   job["variation"])
+                   job["variation"], identity)
   name = f"{i:05d}"
   if job["frames_root"]:
     folder = os.path.join(job["frames_root"], name)
@@ -537,15 +619,19 @@ def _write_clip(job: dict) -> dict:
     os.makedirs(job["video_root"], exist_ok=True)
     video_io.write_video(os.path.join(job["video_root"], name + ".mp4"), clip.frames, job["fps"],
                          job["codec"])
-  return {"id": name, "emotion": emotion, "emotion_name": EMOTIONS[emotion],
-          "intensity": round(clip.intensity, 4), "valence": round(clip.valence, 4),
-          "arousal": round(clip.arousal, 4)}
+  annotation = {"id": name, "emotion": emotion, "emotion_name": EMOTIONS[emotion],
+                "intensity": round(clip.intensity, 4), "valence": round(clip.valence, 4),
+                "arousal": round(clip.arousal, 4)}
+  if actors:
+    annotation["actor"] = actor_of(i, actors)
+  return annotation
 
 
 def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 24, size: int = 96,
                   seed: int = 0, folds: int = 1, test_fraction: float = 0.25, fps: float = 25.0,
                   write_videos: bool = True, write_frames: bool = True,
-                  jpeg_quality: int = 95, variation: str = "full", workers: int = 1) -> dict:
+                  jpeg_quality: int = 95, variation: str = "full", workers: int = 1,
+                  actors: int = 0) -> dict:
   """Writes a DFEW-like synthetic dataset (mp4 files and/or JPEG frame folders + lists).
 
   Layout (clip ids 00001, 00002, ...; class of clip i = (i - 1) % 7):
@@ -558,7 +644,10 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
     annotations.json                                 per-clip emotion, intensity, valence, arousal
   List paths are relative to the list's folder. With folds == 1 a `test_fraction` of every class
   is the test split of fold 1; with folds > 1 every clip is in the test split of exactly one fold.
-  `variation` is "full" or "studio" (see `sample_identity`); `workers` > 1 renders clips in that
+  `actors` > 0 films that many people, each in every class (clip i is `actor_of(i, actors)`'s),
+  the way lab datasets (RAVDESS, CREMA-D) and VoxCeleb2 hold many clips per person; the splits
+  are then subject-independent: `test_fraction` (or a fold) of the actors, not of the clips.
+  `variation` is "full", "studio" or "closeup" (see `sample_identity`); `workers` > 1 renders clips in that
   many processes (same files as one; a script calling this needs the usual
   `if __name__ == "__main__":` guard where Python starts processes by spawning).
 
@@ -576,7 +665,7 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   jobs = [dict(i=i, seed=seed, num_frames=num_frames, size=size, variation=variation,
                frames_root=frames_root if write_frames else None,
                video_root=video_root if write_videos else None, fps=fps, codec=codec,
-               jpeg_quality=jpeg_quality) for i in range(1, total + 1)]
+               jpeg_quality=jpeg_quality, actors=actors) for i in range(1, total + 1)]
   if workers > 1:
     import concurrent.futures  # pylint: disable=g-import-not-at-top
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
@@ -584,7 +673,8 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   else:
     annotations = [_write_clip(job) for job in jobs]
   for i, a in enumerate(annotations):
-    a["fold"] = _fold_of(i // len(EMOTIONS), num_clips_per_class, folds, test_fraction)
+    a["fold"] = (_fold_of(a["actor"], actors, folds, test_fraction) if actors else
+                 _fold_of(i // len(EMOTIONS), num_clips_per_class, folds, test_fraction))
   lists: dict[int, dict[str, str]] = {}
   video_lists: dict[int, dict[str, str]] = {}
   va_lists: dict[int, dict[str, str]] = {}
@@ -617,7 +707,7 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   with open(os.path.join(out_dir, "annotations.json"), "w") as f:
     json.dump({"emotions": list(EMOTIONS), "settings": _settings(
         num_clips_per_class, num_frames, size, seed, folds, test_fraction, fps, write_videos,
-        write_frames, jpeg_quality, variation), "clips": annotations}, f, indent=1)
+        write_frames, jpeg_quality, variation, actors), "clips": annotations}, f, indent=1)
   return {"root": out_dir, "lists": lists, "video_lists": video_lists, "va_lists": va_lists,
           "num_clips": total, "codec": codec}
 
@@ -628,7 +718,7 @@ def make_synthetic_dataset(out_dir: str, num_clips_per_class: int = 8, num_frame
                            short_side: Optional[int] = None, face_crop: bool = False,
                            workers: int = 1, num_shards: Optional[int] = None,
                            with_values: bool = True, quiet: bool = True,
-                           variation: str = "full") -> str:
+                           variation: str = "full", actors: int = 0) -> str:
   """Synthetic clips -> prepared face-clip dataset in one call; returns the prepared directory.
 
   Writes the raw dataset to `out_dir/raw` (see `write_dataset`) and prepares fold `fold` into
@@ -645,7 +735,8 @@ def make_synthetic_dataset(out_dir: str, num_clips_per_class: int = 8, num_frame
   prepared = os.path.join(out_dir, "prepared")
   marker = os.path.join(raw_dir, "annotations.json")
   settings = dict(num_clips_per_class=num_clips_per_class, num_frames=num_frames, size=size,
-                  seed=seed, folds=folds, test_fraction=test_fraction, variation=variation)
+                  seed=seed, folds=folds, test_fraction=test_fraction, variation=variation,
+                  actors=actors)
   existing = None
   if os.path.exists(marker):
     with open(marker) as f:

@@ -1,5 +1,6 @@
 """Synthetic face clips: determinism, expression dynamics, class separability, dataset files."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -131,3 +132,51 @@ def test_make_synthetic_dataset_prepares_both_splits(tmp_path, source):
                                    seed=5, source=source)
   report = json.load(open(os.path.join(prepared, "prepare_report.json")))
   assert report["newly_encoded"] == 0
+
+
+def test_actors_dataset_has_repeated_people_and_subject_independent_splits(tmp_path):
+  info = synthetic.write_dataset(str(tmp_path), num_clips_per_class=5, num_frames=6, size=48,
+                                 seed=3, actors=4, write_videos=False, variation="closeup")
+  ann = json.load(open(os.path.join(tmp_path, "annotations.json")))
+  clips = ann["clips"]
+  assert ann["settings"]["actors"] == 4
+  # Every actor shows every emotion, once per round of seven clips.
+  by_actor = {}
+  for c in clips:
+    by_actor.setdefault(c["actor"], []).append(c["emotion"])
+  assert sorted(by_actor) == [0, 1, 2, 3]
+  assert all(sorted(set(e)) == list(range(7)) for e in by_actor.values())
+  assert len(by_actor[0]) == 14 and len(by_actor[3]) == 7
+  # test_fraction 0.25 of 4 actors: the last actor's clips are the test split, nobody else's.
+  assert {c["actor"] for c in clips if c["fold"] == 1} == {3}
+  with open(info["lists"][1]["test"]) as f:
+    assert len(f.readlines()) == 7
+
+  def frame(clip_id, t=1):
+    folder = os.path.join(tmp_path, "Clip", "frames", clip_id)
+    return np.asarray(video_io.read_frame_folder(folder).frames[t - 1], np.float32)
+  # Same actor (clips 1 and 29 are both actor 0's): same appearance up to expression and pose;
+  # another actor (clip 8, actor 1): a different face and backdrop.
+  same = np.abs(frame("00001") - frame("00029")).mean()
+  other = np.abs(frame("00001") - frame("00008")).mean()
+  assert same < 0.5 * other, (same, other)
+
+
+def test_closeup_fills_the_frame_with_a_shaded_textured_face():
+  rng = np.random.default_rng(7)
+  closeup = synthetic.sample_identity(rng, "closeup")
+  assert closeup.face_w >= 0.4 and closeup.shade > 0 and closeup.texture > 0
+  studio = synthetic.sample_identity(np.random.default_rng(7), "studio")
+  assert studio.shade == 0 and studio.texture == 0 and studio.face_w < 0.34
+  expr = synthetic.apex_expression("neutral")[None]
+  flat = dataclasses.replace(closeup, shade=0.0, texture=0.0, noise=0.0)
+  lit = dataclasses.replace(closeup, noise=0.0)
+  a = synthetic.render_frames(expr, 96, np.random.default_rng(0), identity=flat, poses=STILL,
+                              blink=False)[0].astype(np.float32)
+  b = synthetic.render_frames(expr, 96, np.random.default_rng(0), identity=lit, poses=STILL,
+                              blink=False)[0].astype(np.float32)
+  # Both cheeks are one flat colour without shading and vary once shaded and textured.
+  for cheek in ((slice(58, 66), slice(20, 28)), (slice(62, 70), slice(66, 74))):
+    flat_std = a[cheek].std(axis=(0, 1)).mean()
+    lit_std = b[cheek].std(axis=(0, 1)).mean()
+    assert flat_std < 0.5 and lit_std > 2.0, (flat_std, lit_std)
