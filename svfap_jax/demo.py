@@ -109,8 +109,11 @@ def main(argv=None) -> int:
   parser.add_argument("--probe-every", type=int, default=500,
                       help="probe the pretraining encoder every N steps (0 = only at the end)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--variation", default="studio", choices=("studio", "full"),
+  parser.add_argument("--variation", default="studio", choices=("studio", "full", "closeup"),
                       help="appearance spread of the synthetic faces (data_pipelines/synthetic.py)")
+  parser.add_argument("--actors", type=int, default=0,
+                      help="film this many people, each in every class, with subject-independent "
+                      "splits (0: every clip a new person)")
   parser.add_argument("--workers", type=int, default=2, help="processes for data writing")
   parser.add_argument("--config-override", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of both demo configs (e.g. data.worker_count=8) or, "
@@ -133,7 +136,7 @@ def main(argv=None) -> int:
   data_dir = make_synthetic_dataset(os.path.join(out, "data"),
                                     num_clips_per_class=args.clips_per_class, num_frames=40,
                                     size=size, seed=args.seed, workers=args.workers,
-                                    variation=args.variation)
+                                    variation=args.variation, actors=args.actors)
   # The label-efficiency runs train on a stratified fraction of the same training clips.
   list_dir = os.path.join(out, "data", "raw", "lists", "split01")
   few = f"train_{round(100 * args.few_label_fraction)}pct"
