@@ -292,25 +292,11 @@ class Trainer:
   # ------------------------------------------------------------------------------------ data
   def _train_iterator(self, start_record: int = 0):
     """This process's rows of the global batches (the same batches for any process count)."""
-    config = self.config
-    kind = "pretrain" if self.pretrain else "finetune"
-    if self.pretrain:
-      options = dict(pretrain_crop=config.data.crop, num_views=config.data.num_views,
-                     pretrain_resize=config.data.pretrain_resize or None)
-    else:
-      options = dict(train_resize=config.data.train_resize or None,
-                     train_crop_size=config.data.train_crop_size or None,
-                     train_crop=config.data.train_crop)
-    global_batch = config.batch_size // config.optim.accum_steps
-    dataset = grain_pipeline.make_pipeline(
-        kind, self.dataset_dir, config.data.train_split,
-        batch_size=global_batch // jax.process_count(),
-        num_frames=config.data.num_frames,
-        sampling_rate=config.data.sampling_rate, img_size=config.data.img_size,
-        seed=config.seed, worker_count=config.data.worker_count,
+    global_batch = self.config.batch_size // self.config.optim.accum_steps
+    return iter(train_pipeline(
+        self.config, self.dataset_dir, self.pretrain,
         rows=grain_pipeline.process_rows(sharding.batch_sharding(self.mesh), global_batch),
-        start_record=start_record, **options)
-    return iter(dataset)
+        start_record=start_record))
 
   def _resume(self):
     """Restores the latest checkpoint; returns (train iterator, step).
@@ -559,6 +545,29 @@ class Trainer:
                                label_names=self.info.get("label_names"))
       out[f"test_{name}"] = result["metrics"]
     return out
+
+
+def train_pipeline(config, dataset_dir: str, pretrain: bool, *, rows=None,
+                   start_record: int = 0):
+  """The grain pipeline of the training split that `train` reads, from the config's data fields.
+
+  Yields host batches of `batch_size // optim.accum_steps // process_count` clips (`rows`: this
+  process's rows of each global batch, see `grain_pipeline.process_rows`; None = all of them).
+  """
+  config_data = config.data
+  if pretrain:
+    options = dict(pretrain_crop=config_data.crop, num_views=config_data.num_views,
+                   pretrain_resize=config_data.pretrain_resize or None)
+  else:
+    options = dict(train_resize=config_data.train_resize or None,
+                   train_crop_size=config_data.train_crop_size or None,
+                   train_crop=config_data.train_crop)
+  global_batch = config.batch_size // config.optim.accum_steps
+  return grain_pipeline.make_pipeline(
+      "pretrain" if pretrain else "finetune", dataset_dir, config_data.train_split,
+      batch_size=global_batch // jax.process_count(), num_frames=config_data.num_frames,
+      sampling_rate=config_data.sampling_rate, img_size=config_data.img_size, seed=config.seed,
+      worker_count=config_data.worker_count, rows=rows, start_record=start_record, **options)
 
 
 def make_train_step(config, module, tx, spec, num_outputs: int, pretrain: bool):
