@@ -25,3 +25,13 @@ def describe(with_jax: bool = True) -> str:
     import jax  # pylint: disable=g-import-not-at-top
     text += f"; jax {jax.__version__} on {jax.devices()[0].device_kind}"
   return text
+
+
+def report(rows: list, table: str, json_path: str = "", indent: int = 2) -> None:
+  """Prints the machine and a benchmark's markdown table; writes {"machine", "rows"} JSON."""
+  import json  # pylint: disable=g-import-not-at-top
+  print(describe())
+  print(table)
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump({"machine": describe(), "rows": rows}, f, indent=indent)

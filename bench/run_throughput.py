@@ -176,11 +176,7 @@ def main(argv=None) -> int:
     batch = args.pretrain_batch if mode == "pretrain" else args.finetune_batch
     rows.append(measure_case(args, mode, batch, work))
     print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("rates")}), flush=True)
-  print(machine.describe())
-  print(markdown(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"machine": machine.describe(), "rows": rows}, f, indent=1)
+  machine.report(rows, markdown(rows), args.json)
   return 0
 
 

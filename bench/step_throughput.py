@@ -315,10 +315,7 @@ def main(argv=None) -> int:
     rows.append(row)
     print(json.dumps(row), flush=True)
   print()
-  print(markdown(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"machine": machine.describe(), "rows": rows}, f, indent=2)
+  machine.report(rows, markdown(rows), args.json)
   return 0
 
 
