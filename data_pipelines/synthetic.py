@@ -415,19 +415,20 @@ def _draw_mouth(img, proj, identity, expr, px):
               0.02 * px)
 
 
-def _surface(identity: Identity, pose: np.ndarray, size: int, x: np.ndarray,
-             y: np.ndarray) -> np.ndarray:
-  """(size, size) brightness factor: Lambertian shading of the head's ellipsoid and skin texture.
+def _surface(identity: Identity, pose: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Brightness factor at frame coordinates x, y (fractions of the frame, any equal shapes):
+  Lambertian shading of the head's ellipsoid and skin texture.
 
   Both move with the head: they are computed in face-local coordinates under the frame's pose.
   """
   yaw, roll, dx, dy, scale = (float(v) for v in pose)
   unit = identity.face_w * scale
   asp = identity.face_h / identity.face_w
-  # Undo the projection's roll (yaw only shifts the bulge; its shading follows the light).
+  # Face-local coordinates: undo the projection's roll; yaw then turns the surface normals.
   u = (x - identity.center[0] - dx) / unit
   v = (y - identity.center[1] - dy) / unit
   u, v = u * np.cos(roll) + v * np.sin(roll), -u * np.sin(roll) + v * np.cos(roll)
+  # The lit solid reaches a little above the drawn face ellipse, under the hair cap.
   r2 = u ** 2 + (v / (1.15 * asp)) ** 2
   z = np.sqrt(np.clip(1 - r2, 0, 1))
   nx, ny = u * np.cos(yaw) - z * np.sin(yaw), v / (1.15 * asp)
@@ -480,7 +481,7 @@ def render_frame(expr: np.ndarray, pose: np.ndarray, identity: Identity, size: i
   light = 1 + identity.light_strength * (np.cos(identity.light_dir) * xx
                                          + np.sin(identity.light_dir) * yy)
   if identity.shade > 0 or identity.texture > 0:
-    light = light * _surface(identity, pose, size, xx + 0.5, yy + 0.5)
+    light = light * _surface(identity, pose, xx + 0.5, yy + 0.5)
   out = img.astype(np.float32) * (light[..., None] * identity.brightness)
   out += rng.normal(0, identity.noise, out.shape).astype(np.float32)
   return np.clip(out, 0, 255).astype(np.uint8)
@@ -658,6 +659,9 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
 
   if not (write_videos or write_frames):
     raise ValueError("write_dataset needs write_videos or write_frames")
+  if actors < 0 or actors == 1 or (actors and actors < folds):
+    raise ValueError(f"actors={actors}: give 0 (a new person per clip) or at least "
+                     f"{max(2, folds)} people, so that every fold has test actors")
   frames_root = os.path.join(out_dir, "Clip", "frames")
   video_root = os.path.join(out_dir, "Clip", "original")
   codec = video_io.available_encoder() if write_videos else None

@@ -160,6 +160,9 @@ def test_actors_dataset_has_repeated_people_and_subject_independent_splits(tmp_p
   same = np.abs(frame("00001") - frame("00029")).mean()
   other = np.abs(frame("00001") - frame("00008")).mean()
   assert same < 0.5 * other, (same, other)
+  with pytest.raises(ValueError, match="at least 3 people"):
+    synthetic.write_dataset(str(tmp_path / "few"), num_clips_per_class=2, num_frames=4, size=32,
+                            actors=2, folds=3, write_videos=False)
 
 
 def test_closeup_fills_the_frame_with_a_shaded_textured_face():
