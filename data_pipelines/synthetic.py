@@ -648,9 +648,12 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   `actors` > 0 films that many people, each in every class (clip i is `actor_of(i, actors)`'s),
   the way lab datasets (RAVDESS, CREMA-D) and VoxCeleb2 hold many clips per person; the splits
   are then subject-independent: `test_fraction` (or a fold) of the actors, not of the clips.
-  `variation` is "full", "studio" or "closeup" (see `sample_identity`); `workers` > 1 renders clips in that
-  many processes (same files as one; a script calling this needs the usual
+  `variation` is "full", "studio" or "closeup" (see `sample_identity`); `workers` > 1 renders
+  clips in that many processes (same files as one; a script calling this needs the usual
   `if __name__ == "__main__":` guard where Python starts processes by spawning).
+
+  Raises:
+    ValueError: neither videos nor frames to write, or `actors` too few for a test split.
 
   Returns:
     {"root", "lists": {fold: {split: path}}, "video_lists", "va_lists", "num_clips", "codec"}.
