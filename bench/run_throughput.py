@@ -38,7 +38,6 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
-import numpy as np
 import machine  # pylint: disable=g-import-not-at-top
 import step_throughput  # pylint: disable=g-import-not-at-top
 
@@ -95,9 +94,9 @@ def twin_rate(config, repeats: int) -> float:
 
 
 def measure_case(args, mode: str, batch: int, work: str) -> dict[str, Any]:
-  from svfap_jax.train import loop  # pylint: disable=g-import-not-at-top
-  pretrain = mode == "pretrain"
   from svfap_jax.models.registry import get_spec  # pylint: disable=g-import-not-at-top
+  from svfap_jax.train import loop
+  pretrain = mode == "pretrain"
   config = step_throughput.build_config(args.model, mode, batch, args.dtype)
   config.data.img_size = get_spec(args.model).img_size  # the model's input size (160 for base)
   views = config.data.num_views if pretrain else 1
@@ -111,8 +110,7 @@ def measure_case(args, mode: str, batch: int, work: str) -> dict[str, Any]:
   config.eval_every_steps = 10 * args.steps
   config.checkpoint_every_steps = 10 * args.steps
   config.data.test_split = config.data.eval_split = "test"
-  if "recon_image_every_steps" in config:
-    config.recon_image_every_steps = 0
+  config.recon_image_every_steps = 0
   workdir = os.path.join(work, f"run_{mode}")
   load_before = step_throughput.uptime()
   t = time.perf_counter()
