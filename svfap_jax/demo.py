@@ -72,9 +72,10 @@ def label_subset(list_path: str, out_path: str, fraction: float) -> int:
   return len(kept)
 
 
-def _probe_rows(workdir: str) -> list[dict]:
+def _metric_rows(workdir: str, key: str) -> list[dict]:
+  """The rows of a run's metrics.jsonl that hold `key`."""
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()]
-  return [r for r in rows if "probe_linear_uar" in r]
+  return [r for r in rows if key in r]
 
 
 def _probe_png(rows: list[dict], path: str) -> None:
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
     timings[f"{name}_s"] = time.time() - t
 
   _curves_png({k: v for k, v in runs.items() if "pct" not in k}, os.path.join(out, "curves.png"))
-  probe_rows = _probe_rows(runs["pretrain"])
+  probe_rows = _metric_rows(runs["pretrain"], "probe_linear_uar")
+  fit_rows = _metric_rows(runs["pretrain"], "recon_motion_r2")
   if probe_rows:
     _probe_png(probe_rows, os.path.join(out, "probe.png"))
   recon_dir = os.path.join(runs["pretrain"], "reconstructions")
@@ -219,9 +221,13 @@ def main(argv=None) -> int:
              "pretrained_step": last["step"],
              "curve": [{"step": r["step"], "linear_uar": r["probe_linear_uar"],
                         "knn_uar": r["probe_knn_uar"]} for r in probe_rows]}
+  reconstruction = ({k: fit_rows[-1][k] for k in ("step", "recon_motion_share",
+                                                   "recon_static_r2", "recon_motion_r2")}
+                    if fit_rows else {})
   timings["total_s"] = time.time() - t0
   summary = {"num_classes": num_classes, "chance_uar": chance, "test": test,
-             "label_efficiency": efficiency, "probe": probe, "timings": timings,
+             "label_efficiency": efficiency, "probe": probe, "reconstruction": reconstruction,
+             "timings": timings,
              "train_clips": info["splits"]["train"]["num_clips"],
              "test_clips": info["splits"]["test"]["num_clips"]}
   with open(os.path.join(out, "report.json"), "w") as f:
@@ -253,6 +259,13 @@ def main(argv=None) -> int:
   if recon:
     lines += ["MAE reconstruction (see svfap_jax/visualize.py for the panels):", "",
               f"![reconstruction](pretrain/reconstructions/{recon})", ""]
+  if reconstruction:
+    lines += [
+        f"Masked tubes at step {reconstruction['step']}, split into each position's appearance "
+        "averaged over the clip (static) and its change over time (motion, where expressions "
+        f"live; {100 * reconstruction['recon_motion_share']:.1f} % of the target energy): "
+        f"R² static {reconstruction['recon_static_r2']:.3f}, motion "
+        f"{reconstruction['recon_motion_r2']:.3f} (0 = no change over time predicted).", ""]
   lines.append("Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")

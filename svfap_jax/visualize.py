@@ -11,6 +11,10 @@ For each clip the grid has one labelled row per panel, one column per input fram
   with true stats  masked patch, the usual way to look at such MAEs. The colours and brightness of
                    this panel come from the ground truth, not from the model: only its shapes are
                    what the model learned
+
+`reconstruction_fit` puts a number on the same question: how much of the masked patches' change
+over time (the motion part, where expressions live) the model reproduces, apart from their
+appearance averaged over the clip (the static part).
 """
 from __future__ import annotations
 
@@ -46,6 +50,23 @@ def _unpatchify(patches: np.ndarray, spec) -> np.ndarray:
   return x.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t * tb, g * p, g * p, 3)
 
 
+def _masked_forward(module, params, spec, video_uint8: np.ndarray, mask_ratio: float, seed: int,
+                    tube: bool):
+  """One masked forward pass: (model input video, bool mask (B, N), n_visible, pred).
+
+  The mask is a tube mask when `tube` (the TPSBT needs one) and a random one otherwise; `pred`
+  (B, n_masked, P) holds the masked tokens in ascending token order, as the model returns them.
+  """
+  video = augment.pretrain_preprocess(np.asarray(video_uint8))
+  b = video.shape[0]
+  mask = masking.tube_mask(jax.random.key(seed), b, spec.temporal_tokens, spec.spatial_tokens,
+                           mask_ratio) if tube else masking.random_mask(
+                               jax.random.key(seed), b, spec.num_patches, mask_ratio)
+  n_visible = int(np.asarray(~mask[0]).sum())
+  pred = np.asarray(_apply(module)({"params": params}, video, mask, num_visible=n_visible))
+  return video, np.asarray(mask), n_visible, pred
+
+
 def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float, seed: int = 0,
                 normalize_target: bool = True) -> dict[str, np.ndarray]:
   """The panels of a reconstruction grid.
@@ -62,23 +83,17 @@ def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float
     Ordered {panel name: float [0, 1] video (B, T, H, W, 3)}: "original", "masked input",
     "model output" and, with normalised targets, "de-normalised with true stats".
   """
-  video = augment.pretrain_preprocess(np.asarray(video_uint8))
-  b = video.shape[0]
-  mask = masking.tube_mask(jax.random.key(seed), b, spec.temporal_tokens, spec.spatial_tokens,
-                           mask_ratio) if spec.arch == "tpsbt" else masking.random_mask(
-                               jax.random.key(seed), b, spec.num_patches, mask_ratio)
-  n_visible = int(np.asarray(~mask[0]).sum())
-  pred = np.asarray(_apply(module)({"params": params}, video, mask, num_visible=n_visible))
+  video, mask, n_visible, pred = _masked_forward(module, params, spec, video_uint8, mask_ratio,
+                                                 seed, tube=spec.arch == "tpsbt")
   raw = np.asarray(losses.patchify_targets(video, tubelet=spec.tubelet_size,
                                            patch=spec.patch_size, normalize=False))
-  mask = np.asarray(mask)
+  b = raw.shape[0]
   per_channel = raw.reshape(b, raw.shape[1], -1, 3)
   # Patch statistics as the loss computes them (losses.patchify_targets: unbiased std + 1e-6).
   mean = per_channel.mean(axis=2, keepdims=True)
   std = per_channel.std(axis=2, ddof=1, keepdims=True) + 1e-6
   output = per_channel.copy()
   denormalised = per_channel.copy()
-  # The model returns masked tokens in ascending token order.
   masked_rows = np.argsort(mask, axis=1, kind="stable")[:, n_visible:]
   for i in range(b):
     rows = masked_rows[i]
@@ -95,6 +110,74 @@ def reconstruct(module, params, spec, video_uint8: np.ndarray, mask_ratio: float
     panels["de-normalised with true stats"] = denormalised
   return {name: np.clip(_unpatchify(x.reshape(raw.shape), spec), 0, 1)
           for name, x in panels.items()}
+
+
+def static_motion_fit(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+  """Splits a reconstruction of masked tubes into what stays and what changes over time.
+
+  A video MAE can lower its loss a long way by predicting each masked position's appearance
+  averaged over the clip (identity, lighting, background) while predicting none of its change
+  over time, which is where facial expressions live. This separates the two: for every tube
+  (one spatial position, all temporal slices) the static part is the mean over time and the
+  motion part is the deviation from it.
+
+  Args:
+    pred, target: float (B, T, K, P): predictions and targets of K tubes masked in all T
+      temporal slices, P values per token, in the space the loss compares them.
+
+  Returns:
+    float scalars: "motion_share" (the targets' motion energy / their total energy about the
+    batch's mean token, in [0, 1]); "static_r2" (1 - squared error of the static parts / their
+    energy about the batch's mean static token); "motion_r2" (1 - squared error of the motion
+    parts / the targets' motion energy: 0 for a model that predicts no change over time, 1 for a
+    perfect one, negative for wrong changes). A ratio whose denominator is 0 is NaN.
+
+  Raises:
+    ValueError: `pred` and `target` shapes differ or are not 4-D.
+  """
+  pred = np.asarray(pred, np.float64)
+  target = np.asarray(target, np.float64)
+  if pred.shape != target.shape or pred.ndim != 4:
+    raise ValueError(f"pred {pred.shape} and target {target.shape} must both be (B, T, K, P)")
+  target_static = target.mean(axis=1, keepdims=True)
+  pred_static = pred.mean(axis=1, keepdims=True)
+  target_motion, pred_motion = target - target_static, pred - pred_static
+  static_energy = np.sum((target_static - target_static.mean(axis=(0, 2), keepdims=True)) ** 2)
+  motion_energy = np.sum(target_motion ** 2)
+
+  def ratio(num, den):
+    return float(num / den) if den > 0 else float("nan")
+
+  return {"motion_share": ratio(motion_energy, motion_energy + pred.shape[1] * static_energy),
+          "static_r2": 1.0 - ratio(np.sum((pred_static - target_static) ** 2), static_energy),
+          "motion_r2": 1.0 - ratio(np.sum((pred_motion - target_motion) ** 2), motion_energy)}
+
+
+def reconstruction_fit(module, params, spec, video_uint8: np.ndarray, mask_ratio: float,
+                       seed: int = 0, normalize_target: bool = True) -> dict[str, float]:
+  """`static_motion_fit` of an MAE on clips, under a tube mask, in its own target space.
+
+  Args:
+    module, params, spec, video_uint8, seed, normalize_target: as `reconstruct`.
+    mask_ratio: fraction of spatial positions masked in every temporal slice.
+
+  Returns:
+    {"recon_motion_share", "recon_static_r2", "recon_motion_r2"} (see `static_motion_fit`),
+    float. The targets are per-patch normalised when `normalize_target`, raw [0, 1] pixels
+    otherwise, as the loss sees them.
+  """
+  # A tube mask for both architectures: only a position hidden in every slice has a motion
+  # part the model cannot copy from its own visible tokens.
+  video, mask, _, pred = _masked_forward(module, params, spec, video_uint8, mask_ratio, seed,
+                                         tube=True)
+  b, t = video.shape[0], spec.temporal_tokens
+  targets = np.asarray(losses.patchify_targets(video, tubelet=spec.tubelet_size,
+                                               patch=spec.patch_size, normalize=normalize_target))
+  masked = np.asarray(losses.masked_targets(targets, mask, pred.shape[1]))
+  # Ascending (t, s) order with the same positions in every slice: rows split as (T, K).
+  fit = static_motion_fit(pred.reshape(b, t, -1, pred.shape[-1]),
+                          masked.reshape(b, t, -1, masked.shape[-1]))
+  return {f"recon_{k}": v for k, v in fit.items()}
 
 
 def _label(text: str, height: int) -> np.ndarray:

@@ -138,6 +138,11 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
   # The probe ran on the random init (step 0) and on the pretrained encoder (last step).
   assert [row["step"] for row in report["probe"]["curve"]] == [0, 2]
   assert 0 <= report["probe"]["random_init"]["linear_uar"] <= 1
+  # The last reconstruction step also split the masked tubes into static and motion parts.
+  fit = report["reconstruction"]
+  assert fit["step"] == 2 and 0 < fit["recon_motion_share"] < 1
+  assert np.isfinite([fit["recon_static_r2"], fit["recon_motion_r2"]]).all()
+  assert "R² static" in (out / "report.md").read_text()
   text = (out / "report.md").read_text()
   assert "| finetune_pretrained |" in text and (out / "curves.png").stat().st_size > 0
   assert "| random init |" in text and (out / "probe.png").stat().st_size > 0

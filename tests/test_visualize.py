@@ -46,3 +46,44 @@ def test_grid_has_a_labelled_row_per_panel_and_every_frame(mae, tmp_path):
   label = image[:spec.img_size, :visualize._LABEL_WIDTH]
   assert (label < 128).any() and (label == 255).mean() > 0.5  # dark text on white
   assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def _tubes(seed=0, shape=(3, 4, 5, 6)):
+  """Targets (B, T, K, P) with both a static part per tube and a change over time."""
+  rng = np.random.default_rng(seed)
+  b, t, k, p = shape
+  return rng.normal(size=(b, 1, k, p)) + 0.5 * rng.normal(size=shape)
+
+
+def test_static_motion_fit_scores_a_perfect_and_a_motionless_prediction():
+  target = _tubes()
+  perfect = visualize.static_motion_fit(target, target)
+  assert perfect["static_r2"] == pytest.approx(1.0) and perfect["motion_r2"] == pytest.approx(1.0)
+  # Each tube's appearance averaged over the clip, no change over time: all static, no motion.
+  frozen = np.broadcast_to(target.mean(axis=1, keepdims=True), target.shape)
+  fit = visualize.static_motion_fit(frozen, target)
+  assert fit["static_r2"] == pytest.approx(1.0) and fit["motion_r2"] == pytest.approx(0.0)
+  # Motion share against a direct computation: energy about the per-tube mean over time vs the
+  # energy about the batch's mean token.
+  expected = (np.sum((target - target.mean(axis=1, keepdims=True)) ** 2)
+              / np.sum((target - target.mean(axis=(0, 1, 2), keepdims=True)) ** 2))
+  assert fit["motion_share"] == pytest.approx(expected)
+  # Motion of the wrong sign costs more than predicting none.
+  reversed_motion = 2 * frozen - target
+  assert visualize.static_motion_fit(reversed_motion, target)["motion_r2"] == pytest.approx(-3.0)
+
+
+def test_static_motion_fit_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match="must both be"):
+    visualize.static_motion_fit(np.zeros((2, 4, 5, 6)), np.zeros((2, 4, 5, 7)))
+
+
+def test_reconstruction_fit_of_a_random_mae_predicts_no_motion(mae):
+  """At init the decoder's output barely depends on time: the motion part is not reproduced,
+  while a clip that changes over time has a motion share well above 0."""
+  spec = mae.spec
+  fit = visualize.reconstruction_fit(mae.module, mae.params, spec, _clips(spec, 4), 0.9, seed=1,
+                                     normalize_target=False)
+  assert set(fit) == {"recon_motion_share", "recon_static_r2", "recon_motion_r2"}
+  assert 0.5 < fit["recon_motion_share"] <= 1.0    # i.i.d. noise frames: nearly all motion
+  assert fit["recon_motion_r2"] < 0.1

@@ -28,6 +28,11 @@ from svfap_jax.train import config_check, evaluate, steps
 from svfap_jax.train.state import TrainState
 from svfap_jax.train.writer import RunWriter
 
+# Clips of the host batch whose masked-tube reconstruction is split into static and motion parts
+# (visualize.reconstruction_fit) at each reconstruction step: one extra forward of at most this
+# many clips.
+_RECON_FIT_CLIPS = 16
+
 
 class Callback:
   """Hooks into `Trainer.run`; subclass and override the methods you need.
@@ -500,6 +505,11 @@ class Trainer:
     image = visualize.reconstruction_grid(self.module, params, self.spec, batch["video"][:2],
                                           mask_ratio=self.config.mask.ratio, seed=step,
                                           normalize_target=self.config.mask.normalize_target)
+    # The grid shows two clips; the fit numbers average more of the batch.
+    self.writer.write_eval({"step": step, "split": "reconstruction", **visualize.reconstruction_fit(
+        self.module, params, self.spec, batch["video"][:_RECON_FIT_CLIPS],
+        mask_ratio=self.config.mask.ratio, seed=step,
+        normalize_target=self.config.mask.normalize_target)})
     directory = epath.Path(self.workdir) / "reconstructions"  # local or gs://
     directory.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
