@@ -72,10 +72,9 @@ def label_subset(list_path: str, out_path: str, fraction: float) -> int:
   return len(kept)
 
 
-def _metric_rows(workdir: str, key: str) -> list[dict]:
-  """The rows of a run's metrics.jsonl that hold `key`."""
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()]
-  return [r for r in rows if key in r]
+def _metric_rows(workdir: str) -> list[dict]:
+  """The rows of a run's metrics.jsonl."""
+  return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if l.strip()]
 
 
 def _probe_png(rows: list[dict], path: str) -> None:
@@ -193,8 +192,9 @@ def main(argv=None) -> int:
     timings[f"{name}_s"] = time.time() - t
 
   _curves_png({k: v for k, v in runs.items() if "pct" not in k}, os.path.join(out, "curves.png"))
-  probe_rows = _metric_rows(runs["pretrain"], "probe_linear_uar")
-  fit_rows = _metric_rows(runs["pretrain"], "recon_motion_r2")
+  pretrain_rows = _metric_rows(runs["pretrain"])
+  probe_rows = [r for r in pretrain_rows if "probe_linear_uar" in r]
+  fit_rows = [r for r in pretrain_rows if "recon_motion_r2" in r]
   if probe_rows:
     _probe_png(probe_rows, os.path.join(out, "probe.png"))
   recon_dir = os.path.join(runs["pretrain"], "reconstructions")

@@ -142,8 +142,8 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
   fit = report["reconstruction"]
   assert fit["step"] == 2 and 0 < fit["recon_motion_share"] < 1
   assert np.isfinite([fit["recon_static_r2"], fit["recon_motion_r2"]]).all()
-  assert "R² static" in (out / "report.md").read_text()
   text = (out / "report.md").read_text()
+  assert "R² static" in text
   assert "| finetune_pretrained |" in text and (out / "curves.png").stat().st_size > 0
   assert "| random init |" in text and (out / "probe.png").stat().st_size > 0
   assert f"report: {out / 'report.md'}" in proc.stdout
