@@ -56,6 +56,8 @@ def base(mode: str) -> ml_collections.ConfigDict:
       init_scale=0.001,
       head_activation="",        # '' | sigmoid | tanh | relu
       keep_temporal_dim=False,
+      # Attention kernel (layers.resolve_attention_impl): auto | xla | cudnn | chunked | aten.
+      attention_impl="auto",
   ))
 
   c.data = ml_collections.ConfigDict(dict(

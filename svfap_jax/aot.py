@@ -206,12 +206,18 @@ def compile_train_step(config, devices, *, batch_per_device: int, num_outputs: i
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from svfap_jax import optim, sharding  # pylint: disable=g-import-not-at-top
-  from svfap_jax.models.registry import get_spec  # pylint: disable=g-import-not-at-top
-  from svfap_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from svfap_jax.train import config_check, loop  # pylint: disable=g-import-not-at-top
   from svfap_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
 
   pretrain = config.mode == "pretrain"
-  spec = get_spec(config.model.name)
+  spec = config_check.spec_of(config)
+  platform = devices[0].platform
+  if spec.attention_impl == "auto" and platform != "gpu":
+    # "auto" resolves against this process at trace time (on a one-device CPU process: aten, a
+    # host callback whose work XLA does not count), while this compiles for the target: name the
+    # target's XLA kernel instead, xla on TPU (libtpu's compile-only devices sit in a CPU
+    # process) and chunked on CPU (layers.resolve_attention_impl).
+    spec = dataclasses.replace(spec, attention_impl="xla" if platform == "tpu" else "chunked")
   module = loop.build_module(config, spec, num_outputs, pretrain)
   mesh = sharding.create_mesh({k: config.mesh[k] for k in config.mesh}, devices)
   global_batch = batch_per_device * len(devices)

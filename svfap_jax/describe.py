@@ -19,7 +19,9 @@ def _macs(fn, *args) -> float:
 def describe(name: str, *, num_classes: int = 7, mask_ratio: float = 0.9,
              pretrain: bool = True) -> dict:
   """Params and GMACs per 16-frame view of the classifier and (optionally) of pretraining."""
-  spec = get_spec(name)
+  # XLA's attention: XLA's cost analysis does not see the work inside cuDNN custom calls or the
+  # aten kernel's host callback, which `auto` may pick.
+  spec = get_spec(name, attention_impl="xla")
   result = {"model": name, "arch": spec.arch, "embed_dim": spec.embed_dim,
             "stage_depths": list(spec.stage_depths), "num_heads": spec.num_heads}
   clf = api.build_module(spec, num_classes=num_classes)

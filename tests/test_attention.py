@@ -25,6 +25,9 @@ def _kernels_here():
   kernels = ["xla", "chunked"]
   if jax.default_backend() == "gpu":
     kernels.append("cudnn")
+  torch_here = layers._torch_available()  # pylint: disable=protected-access
+  if jax.default_backend() == "cpu" and torch_here:
+    kernels.append("aten")
   return kernels
 
 
@@ -38,6 +41,8 @@ def _qkv(b, n, m, h, d, seed=0, dtype=jnp.float32):
 def _run(kernel, q, k, v, chunk=None):
   if kernel == "chunked":
     return layers.chunked_attention(q, k, v, chunk=chunk)
+  if kernel == "aten":
+    return layers.aten_attention(q, k, v)
   if kernel == "reference":
     return layers.reference_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
@@ -75,6 +80,8 @@ def test_float32_kernels_match_reference(kernel, b, n, m, h, d, chunk):
 
 @pytest.mark.parametrize("kernel", _kernels_here())
 def test_bfloat16_kernels_match_reference(kernel):
+  if kernel == "aten":
+    pytest.skip("the aten kernel is float32 only (auto picks chunked for bfloat16 on CPU)")
   q, k, v, g = _qkv(2, 64, 64, 2, 64, seed=1, dtype=jnp.bfloat16)
   want = _run("reference", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32))
   got = jax.jit(lambda q, k, v: _run(kernel, q, k, v, 24))(q, k, v)
@@ -98,7 +105,7 @@ def test_reference_is_softmax_attention():
 
 
 @pytest.mark.parametrize("backend,dtype,head_dim,want", [
-    ("cpu", jnp.float32, 64, "chunked"),
+    ("cpu", jnp.float32, 64, "chunked"),  # an explicit backend: a program compiled for elsewhere
     ("cpu", jnp.bfloat16, 64, "chunked"),
     ("gpu", jnp.bfloat16, 64, "cudnn"),
     ("gpu", jnp.float16, 128, "cudnn"),
@@ -112,6 +119,39 @@ def test_auto_picks_kernel_per_backend(backend, dtype, head_dim, want):
                                        backend=backend) == want
 
 
+def test_auto_picks_aten_for_this_process_only_when_it_can_run(monkeypatch):
+  """On a one-device CPU process with torch, float32 gets aten; bfloat16 and no torch chunked."""
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    pytest.skip("needs a one-device CPU process")
+  monkeypatch.setattr(layers, "_torch_available", lambda: True)
+  assert layers.resolve_attention_impl("auto", dtype=jnp.float32, head_dim=64) == "aten"
+  assert layers.resolve_attention_impl("auto", dtype=jnp.bfloat16, head_dim=64) == "chunked"
+  assert layers.resolve_attention_impl("auto", dtype=jnp.float32, head_dim=64,
+                                       backend="cpu") == "chunked"
+  monkeypatch.setattr(layers, "_torch_available", lambda: False)
+  assert layers.resolve_attention_impl("auto", dtype=jnp.float32, head_dim=64) == "chunked"
+  with pytest.raises(ValueError, match="torch is not installed"):
+    layers.resolve_attention_impl("aten", dtype=jnp.float32, head_dim=64)
+
+
+def test_aten_kernel_under_vmap_and_leading_dims():
+  """The host callback flattens leading dims, so vmap (broadcast_all) gives the reference."""
+  if "aten" not in _kernels_here():
+    pytest.skip("needs a CPU backend with torch")
+  q, k, v, g = _qkv(6, 20, 11, 2, 8, seed=3)
+  split = lambda t: t.reshape(3, 2, *t.shape[1:])
+  shared_v = split(v)[1]  # unbatched: broadcast to every vmapped call
+  got = jax.jit(jax.vmap(layers.aten_attention, in_axes=(0, 0, None)))(
+      split(q), split(k), shared_v)
+  want = jax.vmap(layers.reference_attention, in_axes=(0, 0, None))(split(q), split(k), shared_v)
+  assert got.shape == (3, 2, 20, 2, 8)
+  assert _max_err(got, want) <= F32_TOL
+  loss = lambda f: lambda q: jnp.sum(jax.vmap(f, in_axes=(0, 0, None))(q, split(k), shared_v)
+                                     * split(g))
+  assert _max_err(jax.jit(jax.grad(loss(layers.aten_attention)))(split(q)),
+                  jax.grad(loss(layers.reference_attention))(split(q))) <= F32_TOL
+
+
 def test_forced_kernels_and_errors():
   assert layers.resolve_attention_impl("xla", dtype=jnp.float32, head_dim=64,
                                        backend="gpu") == "xla"
@@ -123,13 +163,17 @@ def test_forced_kernels_and_errors():
     layers.resolve_attention_impl("cudnn", dtype=jnp.float32, head_dim=64, backend="gpu")
   with pytest.raises(ValueError, match="multiple of 8"):
     layers.resolve_attention_impl("cudnn", dtype=jnp.bfloat16, head_dim=12, backend="gpu")
+  with pytest.raises(ValueError, match="PyTorch's flash attention is called on the CPU"):
+    layers.resolve_attention_impl("aten", dtype=jnp.float32, head_dim=64, backend="gpu")
+  with pytest.raises(ValueError, match="takes float32"):
+    layers.resolve_attention_impl("aten", dtype=jnp.bfloat16, head_dim=64, backend="cpu")
   with pytest.raises(ValueError, match="choose auto"):
     layers.resolve_attention_impl("flash", dtype=jnp.float32, head_dim=64, backend="cpu")
 
 
 def test_spec_validates_attention_impl():
   assert get_spec("svfap_tiny").attention_impl == "auto"
-  assert set(ATTENTION_IMPLS) == {"auto", "xla", "cudnn", "chunked"}
+  assert set(ATTENTION_IMPLS) == {"auto", "xla", "cudnn", "chunked", "aten"}
   with pytest.raises(ValueError, match="attention_impl='flash'"):
     get_spec("svfap_tiny", attention_impl="flash")
 
@@ -156,9 +200,9 @@ def test_models_agree_across_kernels(name, pretrain, monkeypatch):
   models = {kernel: svfap_jax.create_model(name, pretrain=pretrain,
                                            num_classes=0 if pretrain else 3, seed=4,
                                            attention_impl=kernel, stage_depths=_SHALLOW[name])
-            for kernel in ("xla", "chunked")}
+            for kernel in ("xla", "chunked", "aten") if kernel in _kernels_here()}
   trees = {k: jax.tree_util.tree_structure(m.params) for k, m in models.items()}
-  assert trees["xla"] == trees["chunked"]
+  assert all(tree == trees["xla"] for tree in trees.values())
   params = _perturbed_params(models["xla"])
   spec = models["xla"].spec
   rng = np.random.default_rng(1)
@@ -177,16 +221,17 @@ def test_models_agree_across_kernels(name, pretrain, monkeypatch):
       return jnp.sum(out ** 2), out
     (_, outs[kernel]), grads[kernel] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   scale = float(jnp.abs(outs["xla"]).max())
-  assert _max_err(outs["chunked"], outs["xla"]) <= 1e-5 * max(1.0, scale)
-  for (path, a), b_ in zip(jax.tree_util.tree_leaves_with_path(grads["chunked"]),
-                           jax.tree_util.tree_leaves(grads["xla"])):
-    assert _max_err(a, b_) <= 1e-4 * max(1.0, float(jnp.abs(b_).max())), path
+  for kernel in set(models) - {"xla"}:
+    assert _max_err(outs[kernel], outs["xla"]) <= 1e-5 * max(1.0, scale), kernel
+    for (path, a), b_ in zip(jax.tree_util.tree_leaves_with_path(grads[kernel]),
+                             jax.tree_util.tree_leaves(grads["xla"])):
+      assert _max_err(a, b_) <= 1e-4 * max(1.0, float(jnp.abs(b_).max())), (kernel, path)
 
 
 def test_attention_dropout_runs_with_every_kernel():
   shallow = dict(stage_depths=(1,), num_classes=2)
   video = jnp.asarray(np.random.default_rng(0).standard_normal((1, 16, 64, 64, 3)), jnp.float32)
-  for kernel in ("xla", "chunked"):
+  for kernel in [k for k in _kernels_here() if k != "cudnn"]:
     model = svfap_jax.create_model("vit_tiny", attn_drop_rate=0.3, attention_impl=kernel,
                                    **shallow)
     train = jax.jit(lambda key, model=model: model.module.apply(

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from svfap_jax.models import layers
+
 from conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +68,9 @@ def test_tiny_attention_phase_writes_json(tmp_path):
   record = json.loads((tmp_path / "gpu_suite.json").read_text())
   phase = record["phases"]["attention"]
   assert phase["all_pass"] and phase["kernels"] == ["xla", "chunked"]
-  assert phase["auto_resolves_to"] == {"float32": "chunked", "bfloat16": "chunked"}
+  aten = layers._torch_available()  # pylint: disable=protected-access
+  assert phase["auto_resolves_to"] == {"float32": "aten" if aten else "chunked",
+                                       "bfloat16": "chunked"}
   # Two shapes x two dtypes x two kernels, each with its measured errors.
   assert len(phase["rows"]) == 8
   assert all(r["out_err"] <= phase["tolerances"][r["dtype"]] for r in phase["rows"])

@@ -7,6 +7,7 @@ carries logical axis names; `svfap_jax.sharding` maps them onto mesh axes.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -148,9 +149,17 @@ class Mlp(nn.Module):
 #              hand-written backward pass (`_chunk_attention`): every (B, H, chunk, M) block stays
 #              cache-sized, and the backward pass reuses the saved probabilities and gets the
 #              softmax correction from rowsum(dO * O) instead of a second pass over them.
-#   "auto"     cudnn on GPU where its constraints hold, chunked on CPU (measured faster there,
-#              BENCHMARKS.md), xla otherwise (TPU included: a Pallas splash-attention kernel is not
-#              wired in).
+#   "aten"     PyTorch's fused CPU flash attention (ATen's
+#              `_scaled_dot_product_flash_attention_for_cpu` and its backward: blocked matmuls with
+#              an online softmax, nothing of size N x M kept) called through `jax.pure_callback`
+#              under a `custom_vjp` (`aten_attention`). CPU, float32, torch importable. XLA:CPU has
+#              no fused attention; with this kernel a svfap_base train step runs about 1.3x faster
+#              than with the chunked one (BENCHMARKS.md). The callback gets the whole array on the
+#              host, so it is for one-device CPU programs; others use the pure-JAX kernels.
+#   "auto"     cudnn on GPU where its constraints hold; on CPU aten where it can run (float32, torch
+#              importable, one device in the process), else chunked (both measured faster than xla
+#              there, BENCHMARKS.md); xla otherwise (TPU included: a Pallas splash-attention kernel
+#              is not wired in).
 #
 # With attention dropout active (attn_drop_rate > 0 while training) every choice runs the explicit
 # softmax path, the only one that can drop attention weights.
@@ -162,21 +171,25 @@ _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 def resolve_attention_impl(impl: str, *, dtype, head_dim: int,
                            backend: Optional[str] = None) -> str:
-  """The kernel that `impl` ("auto", "xla", "cudnn", "chunked") runs for these inputs.
+  """The kernel that `impl` ("auto", "xla", "cudnn", "chunked", "aten") runs for these inputs.
 
   Args:
     impl: `ModelSpec.attention_impl`.
     dtype: compute dtype of q, k and v.
     head_dim: size of one head.
-    backend: "cpu", "gpu" or "tpu"; default `jax.default_backend()` at trace time.
+    backend: "cpu", "gpu" or "tpu"; default `jax.default_backend()` at trace time. Given
+      explicitly (a program compiled for another platform), "auto" never picks "aten", which runs
+      on this process's host.
 
   Returns:
-    "xla", "cudnn" or "chunked".
+    "xla", "cudnn", "chunked" or "aten".
 
   Raises:
-    ValueError: unknown `impl`, or "cudnn" asked for where cuDNN attention cannot run (not a GPU,
-      float32, unsupported head size), naming the reason.
+    ValueError: unknown `impl`, or "cudnn" / "aten" asked for where it cannot run (cuDNN: not a
+      GPU, float32, unsupported head size; aten: not a CPU, not float32, torch missing), naming
+      the reason.
   """
+  explicit_backend = backend is not None
   backend = backend or jax.default_backend()
   dtype = jnp.dtype(dtype)
   cudnn_problem = None
@@ -187,16 +200,38 @@ def resolve_attention_impl(impl: str, *, dtype, head_dim: int,
   elif head_dim % 8 or head_dim > 128:
     cudnn_problem = ("cuDNN attention needs a head dim that is a multiple of 8 and <= 128, "
                      f"got {head_dim}")
+  aten_problem = None
+  if backend != "cpu":
+    aten_problem = f"the backend is {backend}, PyTorch's flash attention is called on the CPU"
+  elif dtype != jnp.dtype(jnp.float32):
+    aten_problem = f"it takes float32 here, the model computes in {dtype.name}"
+  elif not _torch_available():
+    aten_problem = "torch is not installed"
   if impl == "auto":
     if cudnn_problem is None:
       return "cudnn"
-    return "chunked" if backend == "cpu" else "xla"
+    if backend == "cpu":
+      one_device = not explicit_backend and jax.device_count() == 1
+      return "aten" if aten_problem is None and one_device else "chunked"
+    return "xla"
   if impl == "cudnn" and cudnn_problem is not None:
     raise ValueError(f"attention_impl='cudnn' cannot run here: {cudnn_problem}; "
                      "use 'auto' or 'xla'")
-  if impl not in ("xla", "cudnn", "chunked"):
-    raise ValueError(f"attention_impl={impl!r}; choose auto, xla, cudnn or chunked")
+  if impl == "aten" and aten_problem is not None:
+    raise ValueError(f"attention_impl='aten' cannot run here: {aten_problem}; "
+                     "use 'auto' or 'chunked'")
+  if impl not in ("xla", "cudnn", "chunked", "aten"):
+    raise ValueError(f"attention_impl={impl!r}; choose auto, xla, cudnn, chunked or aten")
   return impl
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_available() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
 def reference_attention(q, k, v):
@@ -262,6 +297,70 @@ def chunked_attention(q, k, v, chunk: Optional[int] = None):
   return jnp.concatenate(outs, axis=1)
 
 
+def _as_torch_heads_first(a: np.ndarray):
+  """(..., N, H, D) host array -> torch view (L, H, N, D), L the product of the leading dims."""
+  import torch  # pylint: disable=g-import-not-at-top
+  a = np.asarray(a)
+  with warnings.catch_warnings():
+    # XLA hands callbacks read-only buffers; the kernels only read their inputs, so wrap them
+    # without the copy that torch's warning about non-writable arrays suggests.
+    warnings.simplefilter("ignore", UserWarning)
+    return torch.from_numpy(a.reshape((-1,) + a.shape[-3:])).transpose(1, 2)
+
+
+def _aten_forward_host(q, k, v):
+  """Host side of the forward pass: (out (..., N, H, D), logsumexp (..., H, N) float32)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  lead, n, h = q.shape[:-3], q.shape[-3], q.shape[-2]
+  with torch.no_grad():
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        _as_torch_heads_first(q), _as_torch_heads_first(k), _as_torch_heads_first(v))[:2]
+  return (out.transpose(1, 2).contiguous().numpy().reshape(q.shape),
+          lse.contiguous().numpy().reshape(lead + (h, n)))
+
+
+def _aten_backward_host(d_out, q, k, v, out, lse):
+  """Host side of the backward pass: (dq, dk, dv) in the shapes of q, k, v."""
+  import torch  # pylint: disable=g-import-not-at-top
+  t = _as_torch_heads_first
+  lse = np.array(lse).reshape((-1,) + lse.shape[-2:])  # small: (L, H, N)
+  with torch.no_grad():
+    grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        t(d_out), t(q), t(k), t(v), t(out), torch.from_numpy(lse), 0.0, False)
+  return tuple(g.transpose(1, 2).contiguous().numpy().reshape(a.shape)
+               for g, a in zip(grads, (q, k, v)))
+
+
+def _aten_fwd(q, k, v):
+  lead, n, h = q.shape[:-3], q.shape[-3], q.shape[-2]
+  out, lse = jax.pure_callback(
+      _aten_forward_host,
+      (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(lead + (h, n), jnp.float32)),
+      q, k, v, vmap_method="broadcast_all")
+  return out, (q, k, v, out, lse)
+
+
+def _aten_bwd(residuals, d_out):
+  q, k, v, out, lse = residuals
+  return jax.pure_callback(
+      _aten_backward_host, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (q, k, v)),
+      d_out, q, k, v, out, lse, vmap_method="broadcast_all")
+
+
+@jax.custom_vjp
+def aten_attention(q, k, v):
+  """PyTorch's CPU flash attention (see the section comment); shapes as `reference_attention`.
+
+  float32 only; the forward pass keeps the (B, H, N) log-sum-exp of every query row for the
+  backward pass, which recomputes the probabilities block by block as ATen's kernel does.
+  Raises (at trace time) what `resolve_attention_impl("aten", ...)` raises where it cannot run.
+  """
+  return _aten_fwd(q, k, v)[0]
+
+
+aten_attention.defvjp(_aten_fwd, _aten_bwd)
+
+
 def multi_head_attention(q, k, v, *, impl: str = "auto", attn_drop_rate: float = 0.0,
                          deterministic: bool = True):
   """Softmax attention of q (B, N, H, D) over k, v (B, M, H, D) -> (B, N, H, D); scale D^-0.5.
@@ -279,6 +378,8 @@ def multi_head_attention(q, k, v, *, impl: str = "auto", attn_drop_rate: float =
   kernel = resolve_attention_impl(impl, dtype=q.dtype, head_dim=q.shape[-1])
   if kernel == "chunked":
     return chunked_attention(q, k, v)
+  if kernel == "aten":
+    return aten_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
 
 

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Optional
 
 # Values of ModelSpec.attention_impl (documented in svfap_jax/models/layers.py).
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "chunked", "aten")
 # Values of ModelSpec.pos_embed (svfap_jax/models/layers.py: position_table).
 POS_EMBEDS = ("sincos_1d", "sincos_3d")
 
@@ -37,7 +37,8 @@ class ModelSpec:
   decoder_depth: int = 4
   decoder_num_heads: int = 6
   # Attention kernel: "auto" picks per backend and dtype (see layers.resolve_attention_impl);
-  # "xla", "cudnn" or "chunked" force one. Numerics only, never parameters or state_dict keys.
+  # "xla", "cudnn", "chunked" or "aten" force one. Numerics only, never parameters or state_dict
+  # keys.
   attention_impl: str = "auto"
   # Fixed position table of encoder and decoder. "sincos_1d" is the original's (one sinusoid over
   # the flattened (t, h, w) token index, VideoMAE's get_sinusoid_encoding_table); "sincos_3d"

@@ -23,6 +23,15 @@ class ConfigError(ValueError):
   pass
 
 
+def spec_of(config):
+  """The run's `ModelSpec`: `model.name` with `model.attention_impl` (auto when absent).
+
+  Raises:
+    KeyError: unknown model name; ValueError: an attention_impl the spec does not know.
+  """
+  return get_spec(config.model.name, attention_impl=config.model.get("attention_impl", "auto"))
+
+
 def data_dir(config) -> str:
   return config.data.dir.replace("{fold}", str(config.get("fold", 0)))
 
@@ -54,7 +63,10 @@ def validate(config, *, mode: str) -> dict:
   if config.model.name not in MODELS:
     errors.append(f"model.name={config.model.name!r} is not registered; known: {sorted(MODELS)}")
   else:
-    spec = get_spec(config.model.name)
+    try:
+      spec = spec_of(config)
+    except ValueError as e:
+      errors.append(str(e))
   need(config.model.dtype in ("float32", "bfloat16"),
        f"model.dtype={config.model.dtype!r} must be float32 or bfloat16")
   try:

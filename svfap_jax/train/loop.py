@@ -23,7 +23,6 @@ import numpy as np
 from data_pipelines import augment, grain_pipeline
 from svfap_jax import api, checkpoint, optim, sharding
 from svfap_jax import probe as probe_lib
-from svfap_jax.models.registry import get_spec
 from svfap_jax.train import config_check, evaluate, steps
 from svfap_jax.train.state import TrainState
 from svfap_jax.train.writer import RunWriter
@@ -222,7 +221,7 @@ class Trainer:
     self.workdir = workdir
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     self.dataset_dir = config_check.data_dir(config)
-    self.spec = get_spec(config.model.name)
+    self.spec = config_check.spec_of(config)
     self.mesh = sharding.create_mesh({k: config.mesh[k] for k in config.mesh})
     self.num_outputs = num_outputs_of(config, self.info, self.dataset_dir)
     n_train = self.info["splits"][config.data.train_split]["num_clips"]
