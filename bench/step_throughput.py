@@ -111,9 +111,10 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
              seed: int = 0, compiler_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
   """Builds and compiles the trainer's step for `config` on the default device.
 
-  `compiler_options` are XLA debug options for this compilation only (the same names as the
-  XLA_FLAGS flags, e.g. {"xla_cpu_use_onednn": True}), so flag variants can be timed side by
-  side in one process.
+  The step is compiled with the trainer's XLA options (`steps.compiler_options()`); the
+  `compiler_options` given here are added on top for this compilation only (the same names as the
+  XLA_FLAGS flags, e.g. {"xla_cpu_use_onednn": False}), so flag variants can be timed side by side
+  in one process.
 
   Returns a dict with `run` (one step, blocking), `flops` (XLA's count on the lowered step),
   `params` (the initial parameters, for the twin), `batch` (host arrays), `compiled`,
@@ -122,7 +123,7 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
   from svfap_jax import optim  # pylint: disable=g-import-not-at-top
   from svfap_jax import api
   from svfap_jax.models.registry import get_spec
-  from svfap_jax.train import loop
+  from svfap_jax.train import loop, steps
   from svfap_jax.train.state import TrainState
 
   pretrain = config.mode == "pretrain"
@@ -142,7 +143,9 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
   t0 = time.perf_counter()
   lowered = jitted.lower(state, device_batch)
   flops = step_flops(config, spec, tx, state, device_batch, num_outputs, pretrain)
-  compiled = lowered.compile(compiler_options=compiler_options or None)
+  # The trainer's own XLA options (train/steps.py), then the variant's on top.
+  options = {**(steps.compiler_options() or {}), **(compiler_options or {})}
+  compiled = lowered.compile(compiler_options=options or None)
   compile_s = time.perf_counter() - t0
   holder = {"state": state}
 
@@ -292,7 +295,7 @@ def parse_args(argv=None):
   parser.add_argument("--also-xla", action="append", default=[], metavar="NAME=VALUE,...",
                       help="another JAX step compiled with these XLA options (the XLA_FLAGS "
                       "names, for this compilation only) and timed in the same rounds "
-                      "(repeatable), e.g. --also-xla xla_cpu_use_onednn=true")
+                      "(repeatable), e.g. --also-xla xla_cpu_use_onednn=false")
   parser.add_argument("--compile-cache", default="",
                       help="persistent XLA compilation cache directory (reruns skip compiling)")
   parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the parameters")
