@@ -200,29 +200,34 @@ def resolve_attention_impl(impl: str, *, dtype, head_dim: int,
   elif head_dim % 8 or head_dim > 128:
     cudnn_problem = ("cuDNN attention needs a head dim that is a multiple of 8 and <= 128, "
                      f"got {head_dim}")
-  aten_problem = None
-  if backend != "cpu":
-    aten_problem = f"the backend is {backend}, PyTorch's flash attention is called on the CPU"
-  elif dtype != jnp.dtype(jnp.float32):
-    aten_problem = f"it takes float32 here, the model computes in {dtype.name}"
-  elif not _torch_available():
-    aten_problem = "torch is not installed"
   if impl == "auto":
     if cudnn_problem is None:
       return "cudnn"
     if backend == "cpu":
       one_device = not explicit_backend and jax.device_count() == 1
-      return "aten" if aten_problem is None and one_device else "chunked"
+      return "aten" if one_device and _aten_problem(backend, dtype) is None else "chunked"
     return "xla"
   if impl == "cudnn" and cudnn_problem is not None:
     raise ValueError(f"attention_impl='cudnn' cannot run here: {cudnn_problem}; "
                      "use 'auto' or 'xla'")
-  if impl == "aten" and aten_problem is not None:
+  aten_problem = _aten_problem(backend, dtype) if impl == "aten" else None
+  if aten_problem is not None:
     raise ValueError(f"attention_impl='aten' cannot run here: {aten_problem}; "
                      "use 'auto' or 'chunked'")
   if impl not in ("xla", "cudnn", "chunked", "aten"):
     raise ValueError(f"attention_impl={impl!r}; choose auto, xla, cudnn, chunked or aten")
   return impl
+
+
+def _aten_problem(backend: str, dtype) -> Optional[str]:
+  """Why the aten kernel cannot run here, or None. Imports torch only when the rest allows it."""
+  if backend != "cpu":
+    return f"the backend is {backend}, PyTorch's flash attention is called on the CPU"
+  if dtype != jnp.dtype(jnp.float32):
+    return f"it takes float32 here, the model computes in {dtype.name}"
+  if not _torch_available():
+    return "torch is not installed"
+  return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -351,9 +356,10 @@ def _aten_bwd(residuals, d_out):
 def aten_attention(q, k, v):
   """PyTorch's CPU flash attention (see the section comment); shapes as `reference_attention`.
 
-  float32 only; the forward pass keeps the (B, H, N) log-sum-exp of every query row for the
-  backward pass, which recomputes the probabilities block by block as ATen's kernel does.
-  Raises (at trace time) what `resolve_attention_impl("aten", ...)` raises where it cannot run.
+  float32 on CPU with torch installed (`resolve_attention_impl("aten", ...)` checks that and names
+  what is missing; this function does not). The forward pass keeps the (B, H, N) log-sum-exp of
+  every query row for the backward pass, which recomputes the probabilities block by block as
+  ATen's kernel does.
   """
   return _aten_fwd(q, k, v)[0]
 
