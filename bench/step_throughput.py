@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -93,6 +95,26 @@ def parse_compiler_options(text: str) -> dict[str, Any]:
   return options
 
 
+def hlo_fingerprint(hlo_text: str) -> str:
+  """SHA-256 of an optimised HLO module's instructions, without source metadata.
+
+  Two compilations with the same fingerprint run the same HLO program: an XLA option that leaves
+  it unchanged can only act in code generation (e.g. fast math), and often does nothing at all
+  (`xla_cpu_use_onednn` in this jaxlib), so a timing difference between them is noise until shown
+  otherwise. Drops `metadata={...}` and the stack-frame tables, which change with the Python line
+  that called `jit`.
+  """
+  lines = []
+  for line in hlo_text.splitlines():
+    if " = " not in line and not line.rstrip().endswith("{"):
+      continue  # frame tables, file names, closing braces
+    lines.append(_METADATA.sub("", line))
+  return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+_METADATA = re.compile(r",?\s*(metadata|stack_frame_id)=(\{[^}]*\}|\d+)")
+
+
 def step_flops(config, spec, tx, state, batch, num_outputs: int, pretrain: bool) -> float:
   """XLA's FLOP count of the un-optimised train step, its attention lowered as XLA's einsums.
 
@@ -111,19 +133,18 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
              seed: int = 0, compiler_options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
   """Builds and compiles the trainer's step for `config` on the default device.
 
-  The step is compiled with the trainer's XLA options (`steps.compiler_options()`); the
-  `compiler_options` given here are added on top for this compilation only (the same names as the
-  XLA_FLAGS flags, e.g. {"xla_cpu_use_onednn": False}), so flag variants can be timed side by side
-  in one process.
+  The step is compiled as the trainer compiles it; `compiler_options` (the XLA_FLAGS names, e.g.
+  {"xla_cpu_enable_fast_math": True}) apply to this compilation only, so flag variants can be
+  timed side by side in one process.
 
   Returns a dict with `run` (one step, blocking), `flops` (XLA's count on the lowered step),
   `params` (the initial parameters, for the twin), `batch` (host arrays), `compiled`,
-  `compile_s`.
+  `compile_s` and `hlo_fingerprint` (`hlo_fingerprint` of the optimised program).
   """
   from svfap_jax import optim  # pylint: disable=g-import-not-at-top
   from svfap_jax import api
   from svfap_jax.models.registry import get_spec
-  from svfap_jax.train import loop, steps
+  from svfap_jax.train import loop
   from svfap_jax.train.state import TrainState
 
   pretrain = config.mode == "pretrain"
@@ -143,9 +164,7 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
   t0 = time.perf_counter()
   lowered = jitted.lower(state, device_batch)
   flops = step_flops(config, spec, tx, state, device_batch, num_outputs, pretrain)
-  # The trainer's own XLA options (train/steps.py), then the variant's on top.
-  options = {**(steps.compiler_options() or {}), **(compiler_options or {})}
-  compiled = lowered.compile(compiler_options=options or None)
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   compile_s = time.perf_counter() - t0
   holder = {"state": state}
 
@@ -155,7 +174,8 @@ def jax_case(config, *, attention_impl: Optional[str] = None, num_outputs: int =
     return info
 
   return {"run": run, "flops": flops, "params": jax.device_get(params), "batch": batch,
-          "compiled": compiled, "compile_s": compile_s, "spec": spec, "holder": holder}
+          "compiled": compiled, "compile_s": compile_s, "spec": spec, "holder": holder,
+          "hlo_fingerprint": hlo_fingerprint(compiled.as_text())}
 
 
 def twin_case(config, spec, params, batch: dict[str, np.ndarray], dtype: str = "float32"):
@@ -250,6 +270,10 @@ def measure_case(args, mode: str, batch: int) -> dict[str, Any]:
   for impl in extra:
     row[f"jax_{impl}_times_s"] = times[f"jax_{impl}"]
     row[f"jax_{impl}_s"] = statistics.median(times[f"jax_{impl}"])
+    row[f"jax_{impl}_same_hlo"] = extra[impl]["hlo_fingerprint"] == case["hlo_fingerprint"]
+    if row[f"jax_{impl}_same_hlo"] and impl.startswith("xla["):
+      print(f"note: {impl} compiles to the same HLO as the default step; any difference in its "
+            "times is code generation or noise", flush=True)
   if "torch" in times:
     row.update(torch_times_s=times["torch"], torch_s=statistics.median(times["torch"]))
     row["torch_gflops_per_s"] = case["flops"] / row["torch_s"] / 1e9
@@ -295,7 +319,7 @@ def parse_args(argv=None):
   parser.add_argument("--also-xla", action="append", default=[], metavar="NAME=VALUE,...",
                       help="another JAX step compiled with these XLA options (the XLA_FLAGS "
                       "names, for this compilation only) and timed in the same rounds "
-                      "(repeatable), e.g. --also-xla xla_cpu_use_onednn=false")
+                      "(repeatable), e.g. --also-xla xla_cpu_enable_fast_math=true")
   parser.add_argument("--compile-cache", default="",
                       help="persistent XLA compilation cache directory (reruns skip compiling)")
   parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the parameters")

@@ -62,6 +62,22 @@ def test_xla_options_parse_and_reach_the_compiler():
     lowered.compile(compiler_options={"xla_cpu_enable_fast_math": "maybe"})
 
 
+def test_hlo_fingerprint_ignores_source_lines_not_programs():
+  fingerprint = step_throughput.hlo_fingerprint
+  x = jnp.ones((64, 64), jnp.float32)
+  square = lambda a: jnp.tanh(a @ a)
+  first = jax.jit(square).lower(x).compile()
+  second = jax.jit(square).lower(x).compile()  # another call site: other stack-frame metadata
+  assert "metadata=" in first.as_text()
+  assert fingerprint(first.as_text()) == fingerprint(second.as_text())
+  other = jax.jit(lambda a: jnp.tanh(a @ a + 1.0)).lower(x).compile()
+  assert fingerprint(other.as_text()) != fingerprint(first.as_text())
+  if jax.default_backend() == "cpu":
+    # BENCHMARKS.md: this option leaves XLA:CPU's program unchanged in the pinned jaxlib.
+    onednn = jax.jit(square).lower(x).compile(compiler_options={"xla_cpu_use_onednn": True})
+    assert fingerprint(onednn.as_text()) == fingerprint(first.as_text())
+
+
 def test_tiny_attention_phase_writes_json(tmp_path):
   assert gpu_suite.main(["--out", str(tmp_path), "--tiny", "--only", "attention",
                          "--compile-cache", ""]) == 0

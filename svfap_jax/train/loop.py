@@ -289,7 +289,7 @@ class Trainer:
     self.train_step = jax.jit(
         counted, in_shardings=(self.state_shardings, batch_shardings),
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-        donate_argnums=(0,), compiler_options=steps.compiler_options())
+        donate_argnums=(0,))
     if jax.process_count() > 1:
       self.train_step = _MeetAfterCompiling(self.train_step)
 

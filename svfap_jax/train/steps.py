@@ -3,8 +3,7 @@ meant for `jax.jit`; nothing here touches the host or the data pipeline."""
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,24 +13,6 @@ from data_pipelines import augment
 from svfap_jax import losses, masking, optim
 from svfap_jax.models.registry import ModelSpec
 from svfap_jax.train.state import TrainState
-
-
-# XLA:CPU options the train step is compiled with on CPU. oneDNN matmuls: 1.21x on the svfap_base
-# fine-tuning step (7 interleaved rounds, 2-core CPU), the same speed on the pretraining step
-# (BENCHMARKS.md, `bench/step_throughput.py --also-xla`).
-CPU_COMPILER_OPTIONS = {"xla_cpu_use_onednn": True}
-
-
-def compiler_options(backend: Optional[str] = None) -> Optional[dict[str, Any]]:
-  """XLA options for `jax.jit(..., compiler_options=...)` of a train step on `backend`.
-
-  `CPU_COMPILER_OPTIONS` on CPU (default: `jax.default_backend()`), None elsewhere. An option the
-  user names in XLA_FLAGS is left to the user's value.
-  """
-  if (backend or jax.default_backend()) != "cpu":
-    return None
-  user = os.environ.get("XLA_FLAGS", "")
-  return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k not in user} or None
 
 
 def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
