@@ -100,14 +100,24 @@ def top_ops(run: Callable[[], Any], hlo_text: str = "", *, steps: int = 2, top: 
 
   Returns:
     {"per_step_ms": total instruction time per step, "rows": [{"op", "kind", "shape", "source",
-    "ms_per_step", "share", "calls_per_step"}], "by_kind": {kind: ms_per_step}}; times are summed
-    instruction durations (on a multi-threaded CPU runtime these can overlap, so shares are of the
-    summed time, not of wall time).
+    "ms_per_step", "share", "calls_per_step"}], "by_kind": {kind: ms_per_step}, "by_source",
+    "span_ms_per_step", "busy_ms_per_step", "idle_ms_per_step"}; times are summed instruction
+    durations (on a multi-threaded CPU runtime these can overlap, so shares are of the summed
+    time, not of wall time). `busy` is the time at least one instruction's event is open, `span`
+    runs from the first event to the last (divided by `steps`, so it includes the short host gaps
+    between calls), `idle` = span - busy.
+
+    Read `idle` before the rows on CPU: XLA:CPU runs a dot that is not in a YNNPACK fusion (the
+    Eigen path; e.g. weight gradients x^T g of a train step) asynchronously, and its trace event
+    covers only the launch (~0.3 ms for a 50 ms matmul). Its real time shows up as idle, not in
+    any row (about 1.7 s of a 10.7 s svfap_base fine-tuning step on the 2-core CPU of
+    BENCHMARKS.md).
   """
   events = trace_events(run, steps, logdir)
   index = hlo_index(hlo_text) if hlo_text else {}
   total = collections.Counter()
   calls = collections.Counter()
+  intervals = []
   for e in events:
     args = e.get("args") or {}
     op = args.get("hlo_op")
@@ -115,8 +125,11 @@ def top_ops(run: Callable[[], Any], hlo_text: str = "", *, steps: int = 2, top: 
       continue
     if module_filter and module_filter not in args.get("hlo_module", ""):
       continue
-    total[op] += float(e.get("dur", 0.0)) / 1e3
+    start, dur = float(e.get("ts", 0.0)), float(e.get("dur", 0.0))
+    intervals.append((start, start + dur))
+    total[op] += dur / 1e3
     calls[op] += 1
+  span_us, busy_us = _span_and_busy(intervals)
   all_ms = sum(total.values())
   by_kind = collections.Counter()
   by_source = collections.Counter()
@@ -129,9 +142,30 @@ def top_ops(run: Callable[[], Any], hlo_text: str = "", *, steps: int = 2, top: 
     rows.append({"op": op, "kind": info.get("kind", "?"), "shape": info.get("shape", ""),
                  "source": info.get("op_name", "")[-90:], "ms_per_step": ms / steps,
                  "share": ms / all_ms if all_ms else 0.0, "calls_per_step": calls[op] / steps})
-  return {"per_step_ms": all_ms / steps, "rows": rows,
+  return {"per_step_ms": all_ms / steps, "rows": rows, "span_ms_per_step": span_us / 1e3 / steps,
+          "busy_ms_per_step": busy_us / 1e3 / steps,
+          "idle_ms_per_step": (span_us - busy_us) / 1e3 / steps,
           "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
           "by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1]))}
+
+
+def _span_and_busy(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+  """(last end - first start, length of the union) of (start, end) intervals, in their unit."""
+  if not intervals:
+    return 0.0, 0.0
+  intervals = sorted(intervals)
+  busy = 0.0
+  run_start, run_end = intervals[0]
+  last_end = run_end
+  for start, end in intervals[1:]:
+    last_end = max(last_end, end)
+    if start > run_end:
+      busy += run_end - run_start
+      run_start, run_end = start, end
+    else:
+      run_end = max(run_end, end)
+  busy += run_end - run_start
+  return last_end - intervals[0][0], busy
 
 
 def source_group(op_name: str) -> str:
@@ -151,7 +185,10 @@ def source_group(op_name: str) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
   """Markdown table of `top_ops` rows."""
-  lines = [f"summed instruction time per step: {result['per_step_ms']:.1f} ms", "",
+  lines = [f"summed instruction time per step: {result['per_step_ms']:.1f} ms; span "
+           f"{result['span_ms_per_step']:.1f} ms, no instruction event open for "
+           f"{result['idle_ms_per_step']:.1f} ms of it (on CPU: mostly un-fused dots, whose "
+           "events cover only their launch)", "",
            "| op | kind | shape | ms/step | share | source |", "|---|---|---|---:|---:|---|"]
   for r in result["rows"]:
     lines.append(f"| {r['op']} | {r['kind']} | {r['shape'][:40]} | {r['ms_per_step']:.1f} | "

@@ -101,6 +101,12 @@ def test_exhausted_budget_skips_phases_with_a_reason(tmp_path):
   assert all("budget left" in p["skipped"] for p in phases.values())
 
 
+def test_span_and_busy_of_overlapping_events():
+  # [0, 4) and [2, 6) overlap, [10, 11) stands alone, [3, 5) lies inside: busy 6 + 1 of span 11.
+  assert op_profile._span_and_busy([(10, 11), (0, 4), (3, 5), (2, 6)]) == (11, 7)
+  assert op_profile._span_and_busy([]) == (0.0, 0.0)
+
+
 def test_op_profile_ranks_the_matmul():
   x = jnp.ones((256, 256), jnp.float32)
   fn = jax.jit(lambda a: jnp.tanh(a @ a) + 1.0)
@@ -112,6 +118,9 @@ def test_op_profile_ranks_the_matmul():
   assert abs(sum(r["share"] for r in result["rows"]) - 1.0) < 1e-6
   assert any("dot" in r["kind"] or r["kind"] == "dot" for r in result["rows"])
   assert "| op | kind |" in op_profile.format_table(result)
+  assert 0 < result["busy_ms_per_step"] <= result["span_ms_per_step"] + 1e-9
+  assert result["idle_ms_per_step"] == pytest.approx(
+      result["span_ms_per_step"] - result["busy_ms_per_step"])
   assert op_profile.source_group(
       "jit(step)/transpose(jvp(VideoClassifier))/encoder/blocks_11/attn/qkv/dot_general"
   ) == "bwd encoder/blocks_*/attn/dot_general"
