@@ -156,16 +156,15 @@ def _span_and_busy(intervals: list[tuple[float, float]]) -> tuple[float, float]:
   intervals = sorted(intervals)
   busy = 0.0
   run_start, run_end = intervals[0]
-  last_end = run_end
   for start, end in intervals[1:]:
-    last_end = max(last_end, end)
     if start > run_end:
       busy += run_end - run_start
       run_start, run_end = start, end
     else:
       run_end = max(run_end, end)
   busy += run_end - run_start
-  return last_end - intervals[0][0], busy
+  # Sorted by start, each new run begins after every earlier end, so the last run ends last.
+  return run_end - intervals[0][0], busy
 
 
 def source_group(op_name: str) -> str:

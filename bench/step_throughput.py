@@ -95,6 +95,9 @@ def parse_compiler_options(text: str) -> dict[str, Any]:
   return options
 
 
+_METADATA = re.compile(r",?\s*(metadata|stack_frame_id)=(\{[^}]*\}|\d+)")
+
+
 def hlo_fingerprint(hlo_text: str) -> str:
   """SHA-256 of an optimised HLO module's instructions, without source metadata.
 
@@ -110,9 +113,6 @@ def hlo_fingerprint(hlo_text: str) -> str:
       continue  # frame tables, file names, closing braces
     lines.append(_METADATA.sub("", line))
   return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-_METADATA = re.compile(r",?\s*(metadata|stack_frame_id)=(\{[^}]*\}|\d+)")
 
 
 def step_flops(config, spec, tx, state, batch, num_outputs: int, pretrain: bool) -> float:
