@@ -110,7 +110,7 @@ def top_ops(run: Callable[[], Any], hlo_text: str = "", *, steps: int = 2, top: 
     Read `idle` before the rows on CPU: XLA:CPU runs a dot that is not in a YNNPACK fusion (the
     Eigen path; e.g. weight gradients x^T g of a train step) asynchronously, and its trace event
     covers only the launch (~0.3 ms for a 50 ms matmul). Its real time shows up as idle, not in
-    any row (about 1.7 s of a 10.7 s svfap_base fine-tuning step on the 2-core CPU of
+    any row (1.77 s of the 11.13 s span of a svfap_base fine-tuning step on the 2-core CPU of
     BENCHMARKS.md).
   """
   events = trace_events(run, steps, logdir)
