@@ -8,7 +8,8 @@
 Hardware: a 2-core CPU; the whole demo (data, pretraining with probes, four fine-tunings: from the
 MAE checkpoint and from scratch, with all and with 10 % of the labels) is sized for 15 minutes.
 There is no paper number for synthetic faces: the check is that the pretrained model beats chance
-by a wide margin (README records the numbers).
+by a wide margin (README "Demo" records the numbers, PRETRAINING.md the experiments on making
+MAE pretraining pay).
 
 Sizing: `svfap_tiny` (64 px, width 64) is the largest TPSBT that gets enough optimisation steps on
 2 cores. Small ViTs learn these clips only after ~1000 steps over ~800 different identities; with

@@ -120,7 +120,7 @@ def _color(rng, lo, hi) -> np.ndarray:
   return rng.uniform(lo, hi).astype(np.float32)
 
 
-VARIATIONS = ("full", "studio", "closeup")
+VARIATIONS = ("full", "studio", "closeup", "aligned")
 
 
 def sample_identity(rng: np.random.Generator, variation: str = "full") -> Identity:
@@ -132,12 +132,17 @@ def sample_identity(rng: np.random.Generator, variation: str = "full") -> Identi
   and little head motion, so that expression is the dominant change between clips. "closeup"
   is the aligned face crop that face-video datasets ship (DFEW, FERV39k, MAFW: the face fills
   the frame, forehead to chin), with the head shaded as a lit solid and textured skin, so that
-  every patch of the face has structure of its own rather than one flat colour.
+  every patch of the face has structure of its own rather than one flat colour. "aligned" is a
+  landmark-aligned crop: "closeup" with the face geometry (outline, eye, brow and mouth positions)
+  the same for everyone and still, untextured skin, so that people differ in colours and hair and
+  the expression is the only change of shape between clips.
   """
   if variation not in VARIATIONS:
     raise ValueError(f"variation must be one of {VARIATIONS}, got {variation!r}")
   if variation == "closeup":
     return _closeup_identity(rng)
+  if variation == "aligned":
+    return _aligned_identity(rng)
   studio = variation == "studio"
   tone = rng.uniform(0, 1)
   skin = np.array([255 - 120 * tone, 215 - 125 * tone, 185 - 120 * tone], np.float32)
@@ -195,6 +200,15 @@ def _closeup_identity(rng: np.random.Generator) -> Identity:
       shade=float(rng.uniform(0.25, 0.45)),
       shade_dir=tuple(float(v) for v in light / np.linalg.norm(light)),
       texture=float(rng.uniform(0.04, 0.08)), texture_seed=int(rng.integers(2**31)))
+
+
+def _aligned_identity(rng: np.random.Generator) -> Identity:
+  """A landmark-aligned face crop: the "closeup" identity with the face geometry registered."""
+  ident = _closeup_identity(rng)
+  return dataclasses.replace(
+      ident, face_w=0.42, face_h=0.42 * 1.22, center=(0.5, 0.53), eye_dx=0.4, eye_y=-0.15,
+      eye_w=0.21, mouth_y=0.55, mouth_w=0.34, brow_thickness=0.07, texture=0.0,
+      yaw_amp=0.0, roll_amp=0.0, drift=0.0, turn=0.0, tilt=0.0, talk=0.0)
 
 
 def pose_track(identity: Identity, num_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -648,8 +662,8 @@ def write_dataset(out_dir: str, num_clips_per_class: int = 8, num_frames: int = 
   `actors` > 0 films that many people, each in every class (clip i is `actor_of(i, actors)`'s),
   the way lab datasets (RAVDESS, CREMA-D) and VoxCeleb2 hold many clips per person; the splits
   are then subject-independent: `test_fraction` (or a fold) of the actors, not of the clips.
-  `variation` is "full", "studio" or "closeup" (see `sample_identity`); `workers` > 1 renders
-  clips in that many processes (same files as one; a script calling this needs the usual
+  `variation` is "full", "studio", "closeup" or "aligned" (see `sample_identity`); `workers` > 1
+  renders clips in that many processes (same files as one; a script calling this needs the usual
   `if __name__ == "__main__":` guard where Python starts processes by spawning).
 
   Raises:

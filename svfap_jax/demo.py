@@ -109,7 +109,7 @@ def main(argv=None) -> int:
   parser.add_argument("--probe-every", type=int, default=500,
                       help="probe the pretraining encoder every N steps (0 = only at the end)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--variation", default="studio", choices=("studio", "full", "closeup"),
+  parser.add_argument("--variation", default="studio", choices=("studio", "full", "closeup", "aligned"),
                       help="appearance spread of the synthetic faces (data_pipelines/synthetic.py)")
   parser.add_argument("--actors", type=int, default=0,
                       help="film this many people, each in every class, with subject-independent "

@@ -131,7 +131,7 @@ MODELS: dict[str, ModelSpec] = {
                              decoder_depth=1, decoder_num_heads=1),
     "vit_tiny": ModelSpec("vit", 64, 4, (3,), img_size=64, decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
-    # A demo-sized variant for pretraining experiments (README, "Demo"; configs/demo.py keeps
+    # A demo-sized variant for pretraining experiments (PRETRAINING.md; configs/demo.py keeps
     # svfap_tiny): svfap_tiny's encoder with 8 px patches, so a 64 px
     # frame has 8 x 8 tokens and 90 % tube masking still leaves ~6 visible per frame, and a
     # per-axis position table, with which a width-32 one-block decoder can place what it predicts
