@@ -97,6 +97,8 @@ def _probe_png(rows: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
+  # The generator owns the list of appearance options (`sample_identity`).
+  from data_pipelines.synthetic import VARIATIONS  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="svfap demo", description=__doc__)
   parser.add_argument("--out", default="demo_out")
   parser.add_argument("--clips-per-class", type=int, default=150)
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
   parser.add_argument("--probe-every", type=int, default=500,
                       help="probe the pretraining encoder every N steps (0 = only at the end)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--variation", default="studio", choices=("studio", "full", "closeup", "aligned"),
+  parser.add_argument("--variation", default="studio", choices=VARIATIONS,
                       help="appearance spread of the synthetic faces (data_pipelines/synthetic.py)")
   parser.add_argument("--actors", type=int, default=0,
                       help="film this many people, each in every class, with subject-independent "
