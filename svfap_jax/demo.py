@@ -108,10 +108,10 @@ def main(argv=None) -> int:
                       help="fraction of the training labels of the label-efficiency runs")
   parser.add_argument("--few-label-steps", type=int, default=300,
                       help="fine-tuning steps of the label-efficiency runs")
-  parser.add_argument("--probe-every", type=int, default=500,
+  parser.add_argument("--probe-every", type=int, default=1000,
                       help="probe the pretraining encoder every N steps (0 = only at the end)")
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--variation", default="studio", choices=VARIATIONS,
+  parser.add_argument("--variation", default="aligned", choices=VARIATIONS,
                       help="appearance spread of the synthetic faces (data_pipelines/synthetic.py)")
   parser.add_argument("--actors", type=int, default=0,
                       help="film this many people, each in every class, with subject-independent "
@@ -227,7 +227,8 @@ def main(argv=None) -> int:
                                                    "recon_static_r2", "recon_motion_r2")}
                     if fit_rows else {})
   timings["total_s"] = time.time() - t0
-  summary = {"num_classes": num_classes, "chance_uar": chance, "test": test,
+  summary = {"num_classes": num_classes, "chance_uar": chance, "variation": args.variation,
+             "test": test,
              "label_efficiency": efficiency, "probe": probe, "reconstruction": reconstruction,
              "timings": timings,
              "train_clips": info["splits"]["train"]["num_clips"],
@@ -236,7 +237,8 @@ def main(argv=None) -> int:
     json.dump(summary, f, indent=2)
   lines = [
       "# svfap_jax demo report", "",
-      f"Synthetic face clips: {summary['train_clips']} train / {summary['test_clips']} test, "
+      f"Synthetic face clips ({args.variation}): {summary['train_clips']} train / "
+      f"{summary['test_clips']} test, "
       f"{num_classes} expression classes (chance UAR {100 * chance:.1f} %). MAE pretraining "
       "uses every training clip without its label.", "",
       "| labels | train clips | from MAE checkpoint UAR % | from scratch UAR % | difference |",

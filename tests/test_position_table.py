@@ -40,32 +40,62 @@ def test_unknown_table_is_refused():
     registry.get_spec("svfap_tiny", pos_embed="rope")
 
 
-def test_demo_model_uses_its_table():
-  """svfap_demo and the same spec with the 1-D table give different outputs on the same weights."""
+def test_demo_decoder_uses_its_table():
+  """svfap_demo's decoder on the per-axis table, its encoder on the original's: a 1-D decoder
+  table gives different outputs on the same weights."""
   spec = registry.get_spec("svfap_demo")
-  assert spec.token_grid == (8, 8, 8) and spec.pos_embed == "sincos_3d"
-  video = jax.random.normal(jax.random.key(1), (2, 16, 64, 64, 3))
-  mask = np.zeros((2, 8, 64), bool)
+  assert spec.token_grid == (4, 8, 8)
+  assert (spec.pos_embed, spec.decoder_table) == ("sincos_1d", "sincos_3d")
+  video = jax.random.normal(jax.random.key(1), (2, 8, 64, 64, 3))
+  mask = np.zeros((2, 4, 64), bool)
   mask[:, :, 6:] = True   # tube mask: the same 6 visible tokens in every frame
   mask = jnp.asarray(mask.reshape(2, -1))
   outs = []
   for table in ("sincos_3d", "sincos_1d"):
-    # One block per stage keeps compilation short; the table enters before the first block.
-    s = registry.get_spec("svfap_demo", pos_embed=table, stage_depths=(1, 1, 1))
+    # One block per stage keeps compilation short; the table enters the decoder's input.
+    s = registry.get_spec("svfap_demo", decoder_pos_embed=table, stage_depths=(1, 1, 1))
     module = api.build_module(s, pretrain=True)
     params = jax.jit(lambda k, m=module, s=s: api.init_params(m, s, k, True)[0])(jax.random.key(0))
     if outs:
       params = outs[0][1]   # same weights: only the table differs
-    apply = jax.jit(lambda p, m=module: m.apply({"params": p}, video, mask, num_visible=48))
+    apply = jax.jit(lambda p, m=module: m.apply({"params": p}, video, mask, num_visible=24))
     outs.append((apply(params), params))
-  assert outs[0][0].shape == (2, 512 - 48, spec.patch_pixels)
+  assert outs[0][0].shape == (2, 256 - 24, spec.patch_pixels)
   assert float(jnp.abs(outs[0][0] - outs[1][0]).max()) > 1e-3
 
 
-def test_export_refuses_a_table_the_original_code_lacks(monkeypatch, tmp_path, capsys):
+def test_decoder_table_is_validated():
+  with pytest.raises(ValueError, match="decoder_pos_embed='learned'"):
+    registry.get_spec("svfap_tiny", decoder_pos_embed="learned")
+  assert registry.get_spec("svfap_tiny").decoder_table == "sincos_1d"
+
+
+@pytest.mark.parametrize("model,params,field", [
+    ("encoder_3d", {"encoder": {}}, "pos_embed"),
+    # A pretraining checkpoint carries the decoder, whose table the original code would replace.
+    ("svfap_demo", {"encoder": {}, "decoder": {}}, "decoder_pos_embed"),
+])
+def test_export_refuses_a_table_the_original_code_lacks(monkeypatch, tmp_path, capsys, model,
+                                                        params, field):
+  monkeypatch.setitem(registry.MODELS, "encoder_3d",
+                      registry.get_spec("svfap_tiny", pos_embed="sincos_3d"))
   monkeypatch.setattr(export.checkpoint, "restore_params",
-                      lambda path: ({"encoder": {}}, {"model": "svfap_demo", "step": 1}))
+                      lambda path: (params, {"model": model, "step": 1}))
   out = tmp_path / "m.pth"
   assert export.export_main(["--workdir", str(tmp_path), "--out", str(out)]) == 2
   assert not out.exists()
-  assert "pos_embed='sincos_3d'" in capsys.readouterr().err
+  assert f" {field}='sincos_3d'" in capsys.readouterr().err
+
+
+def test_export_takes_a_fine_tuned_demo_model(monkeypatch, tmp_path):
+  """svfap_demo's encoder keeps the original table, so its fine-tuned weights export."""
+  from svfap_jax.interop import files
+  spec = registry.get_spec("svfap_demo")
+  module = api.build_module(spec, pretrain=False, num_classes=7)
+  params = jax.jit(lambda k: api.init_params(module, spec, k, False)[0])(jax.random.key(0))
+  monkeypatch.setattr(export.checkpoint, "restore_params",
+                      lambda path: (jax.device_get(params), {"model": "svfap_demo", "step": 1}))
+  out = tmp_path / "m.pth"
+  assert export.export_main(["--workdir", str(tmp_path), "--out", str(out)]) == 0
+  state = files.load_state_dict(str(out))
+  assert state["head.weight"].shape == (7, 64) and not any(k.startswith("decoder") for k in state)

@@ -84,7 +84,7 @@ class MAEPretrainModel(nn.Module):
         nn.with_logical_partitioning(
             nn.initializers.truncated_normal(0.02, lower=-1.0, upper=1.0), (None, None, None)),
         (1, 1, spec.decoder_embed_dim))
-    table = jnp.asarray(layers.position_table(spec.pos_embed, spec.token_grid,
+    table = jnp.asarray(layers.position_table(spec.decoder_table, spec.token_grid,
                                               spec.decoder_embed_dim), x.dtype)
     positions = jnp.broadcast_to(table[None], (x.shape[0],) + table.shape)
     num_masked = spec.num_patches - num_visible

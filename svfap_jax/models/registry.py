@@ -45,6 +45,15 @@ class ModelSpec:
   # concatenates separate sinusoids of t, h and w. The original code only knows "sincos_1d", so
   # `export` refuses the other. Not a parameter: checkpoints carry no table.
   pos_embed: str = "sincos_1d"
+  # The MAE decoder's table when it differs from the encoder's ("" = pos_embed). The decoder
+  # exists only in pretraining, so an encoder on the original's table still exports for
+  # fine-tuning in the original code whatever its decoder used.
+  decoder_pos_embed: str = ""
+
+  @property
+  def decoder_table(self) -> str:
+    """The position table of the MAE decoder: decoder_pos_embed, else pos_embed."""
+    return self.decoder_pos_embed or self.pos_embed
 
   @property
   def depth(self) -> int:
@@ -95,6 +104,9 @@ class ModelSpec:
                     f"{', '.join(ATTENTION_IMPLS)}")
     if self.pos_embed not in POS_EMBEDS:
       errors.append(f"pos_embed={self.pos_embed!r} must be one of {', '.join(POS_EMBEDS)}")
+    if self.decoder_pos_embed and self.decoder_pos_embed not in POS_EMBEDS:
+      errors.append(f"decoder_pos_embed={self.decoder_pos_embed!r} must be '' or one of "
+                    f"{', '.join(POS_EMBEDS)}")
     if self.arch == "vit" and len(self.stage_depths) != 1:
       errors.append("a ViT has one stage: stage_depths=(depth,)")
     if self.arch == "tpsbt":
@@ -131,15 +143,17 @@ MODELS: dict[str, ModelSpec] = {
                              decoder_depth=1, decoder_num_heads=1),
     "vit_tiny": ModelSpec("vit", 64, 4, (3,), img_size=64, decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
-    # A demo-sized variant for pretraining experiments (PRETRAINING.md; configs/demo.py keeps
-    # svfap_tiny): svfap_tiny's encoder with 8 px patches, so a 64 px
-    # frame has 8 x 8 tokens and 90 % tube masking still leaves ~6 visible per frame, and a
-    # per-axis position table, with which a width-32 one-block decoder can place what it predicts
-    # (with the 1-D table it fits little more than each clip's mean colour).
-    "svfap_demo": ModelSpec("tpsbt", 64, 4, (2, 2, 2), num_bottleneck_tokens=4,
+    # The `make demo` model (configs/demo.py; PRETRAINING.md has the measurements behind it):
+    # svfap_tiny's encoder with 8 px patches, so a 64 px frame has 8 x 8 tokens and tube masking
+    # leaves several visible per frame; a per-axis position table in the decoder, with which a
+    # small decoder can place what it predicts (with the 1-D table the MAE reproduces none of the
+    # change of expression), while the encoder keeps the original's table and so exports;
+    # a 64-wide 2-block decoder, the smallest that learnt the change of expression; 8 frames (one
+    # clip spans 32 frames at stride 4), half the tokens of 16, so 2-core CPUs get enough steps.
+    "svfap_demo": ModelSpec("tpsbt", 64, 4, (2, 2, 2), num_frames=8, num_bottleneck_tokens=4,
                             spatial_hidden_dim=32, img_size=64, patch_size=8,
-                            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
-                            pos_embed="sincos_3d"),
+                            decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4,
+                            decoder_pos_embed="sincos_3d"),
 }
 
 

@@ -27,13 +27,18 @@ def export_main(argv) -> int:
     path = str(epath.Path(path) / "best")
   params, meta = checkpoint.restore_params(path)
   spec = registry.MODELS.get(meta.get("model", ""))
-  if spec is not None and spec.pos_embed != "sincos_1d":
-    print(f"export: model {meta['model']} uses the position table pos_embed={spec.pos_embed!r}; "
-          "the original SVFAP code only has 'sincos_1d', so its weights would load there and "
-          "compute something else. Export a model whose spec keeps pos_embed='sincos_1d'.",
-          file=sys.stderr)
-    return 2
   pretrain = "decoder" in params
+  tables = {"pos_embed": spec.pos_embed} if spec is not None else {}
+  if spec is not None and pretrain:
+    tables["decoder_pos_embed"] = spec.decoder_table
+  for field, table in tables.items():
+    if table != "sincos_1d":
+      print(f"export: model {meta['model']} uses the position table {field}={table!r}; the "
+            "original SVFAP code only has 'sincos_1d', so its weights would load there and "
+            f"compute something else. Export a model whose spec keeps {field}='sincos_1d'"
+            + (" (a fine-tuned model carries no decoder)." if field.startswith("decoder") else "."),
+            file=sys.stderr)
+      return 2
   state_dict = mapping.to_torch_state_dict(params, pretrain=pretrain)
   files.save_state_dict(state_dict, args.out)
   print(f"wrote {len(state_dict)} tensors ({'pretraining' if pretrain else 'classifier'} model "
