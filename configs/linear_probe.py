@@ -45,7 +45,7 @@ pretrained encoder was worse than random weights (run 15.2 against 35.2 %, `prob
 measurements are how to check.
 """
 from configs import common
-from configs import demo
+from configs import demo_mae
 
 
 def _split_dataset(arg):
@@ -64,7 +64,7 @@ def get_config(arg=None):
   if dataset == "demo":
     if rest:
       raise ValueError(f"dataset=demo takes no further arguments, got {rest!r}")
-    c = demo.get_config("finetune")
+    c = demo_mae.get_config("finetune")
     c.total_steps = 600
     c.warmup_epochs = 0
     c.optim.warmup_steps = 20

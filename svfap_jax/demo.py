@@ -102,8 +102,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="svfap demo", description=__doc__)
   parser.add_argument("--out", default="demo_out")
   parser.add_argument("--clips-per-class", type=int, default=150)
-  parser.add_argument("--pretrain-steps", type=int, default=0, help="0 = configs/demo.py value")
-  parser.add_argument("--finetune-steps", type=int, default=0, help="0 = configs/demo.py value")
+  parser.add_argument("--pretrain-steps", type=int, default=0, help="0 = configs/demo_mae.py value")
+  parser.add_argument("--finetune-steps", type=int, default=0, help="0 = configs/demo_mae.py value")
   parser.add_argument("--few-label-fraction", type=float, default=0.1,
                       help="fraction of the training labels of the label-efficiency runs")
   parser.add_argument("--few-label-steps", type=int, default=300,
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                       "prefixed, of one (finetune:optim.lr=0.002)")
   args = parser.parse_args(argv)
 
-  from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
+  from configs import demo_mae as demo_config  # pylint: disable=g-import-not-at-top
   from data_pipelines import build  # pylint: disable=g-import-not-at-top
   from data_pipelines import records  # pylint: disable=g-import-not-at-top
   from data_pipelines.synthetic import EMOTIONS  # pylint: disable=g-import-not-at-top

@@ -463,7 +463,8 @@ def segment_model(tmp_path_factory):
           "--config.augment.randaug_num_ops=0", "--config.augment.min_scale=1.0",
           "--config.augment.label_smoothing=0.0", "--config.augment.mixup=0.0",
           "--config.augment.cutmix=0.0", "--config.augment.reprob=0.0",
-          "--config.model.drop_path_rate=0.0", "--config.data.sampling_rate=2",
+          "--config.model.drop_path_rate=0.0", "--config.data.num_frames=16",
+          "--config.data.sampling_rate=2",
           "--config.data.train_resize=0", "--config.data.train_crop_size=0",
           "--config.data.eval_resize=0"]
   proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(fast_compile=False),

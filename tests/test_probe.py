@@ -380,7 +380,6 @@ def test_linear_probe_finetune_run_trains_only_the_head(dataset, tmp_path):
   from svfap_jax.train import loop
   data, _ = dataset
   config = demo.get_config("finetune")
-  config.model.name = "svfap_tiny"
   config.data.update(dir=data, num_frames=16, sampling_rate=1, num_test_segments=1)
   config.update(batch_size=4, total_steps=3, eval_every_steps=3, checkpoint_every_steps=3)
   config.finetune.mode = "linear_probe"

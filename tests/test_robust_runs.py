@@ -34,8 +34,7 @@ from conftest import JAX_CACHE_DIR, subprocess_env
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LONG_DIR = "\u8868\u60c5" * 42   # 84 CJK characters: 252 UTF-8 bytes
 _MICRO = ["--config.model.name=svfap_micro", "--config.data.img_size=64",
-          "--config.data.num_frames=16", "--config.recon_image_every_steps=0",
-          "--config.data.worker_count=0"]
+          "--config.recon_image_every_steps=0", "--config.data.worker_count=0"]
 
 
 def _enable_compile_cache():
@@ -378,7 +377,6 @@ def _regression_config(data, **overrides):
     config.task = "regression"
     config.best_metric = "ccc"
     config.model.name = "svfap_micro"
-    config.data.num_frames = 16
     config.total_steps = 4
     config.batch_size = 2
     config.eval_every_steps = 4

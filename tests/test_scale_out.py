@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # 5 pretraining steps at global batch 8 on an 8-device data-parallel mesh; checkpoints at 3 and 5.
 _RUN = ["--config", "configs/demo.py:pretrain", "--config.model.name=svfap_micro",
-        "--config.data.img_size=64", "--config.data.num_frames=16", "--config.log_every_steps=1",
+        "--config.data.img_size=64", "--config.log_every_steps=1",
         "--config.recon_image_every_steps=0", "--config.total_steps=5", "--config.batch_size=8",
         "--config.checkpoint_every_steps=3", "--config.keep_checkpoints=2",
         "--config.mesh.data=-1", "--config.data.worker_count=0"]
@@ -393,8 +393,7 @@ def test_parse_target():
 
 def test_compile_command_reports_memory():
   args = [sys.executable, "-m", "svfap_jax", "compile", "--config", "configs/demo.py:pretrain",
-          "--batch-per-device", "2", "--config.model.name=svfap_micro", "--config.data.img_size=64",
-          "--config.data.num_frames=16"]
+          "--batch-per-device", "2", "--config.model.name=svfap_micro", "--config.data.img_size=64"]
   proc = _check(subprocess.run(args + ["--topology", "cpu:2"], cwd=ROOT, env=subprocess_env(1),
                                capture_output=True, text=True, timeout=900), "compile")
   out = proc.stdout

@@ -22,7 +22,7 @@ def _run(command, workdir, data, *overrides, devices=1, mode_config="configs/dem
   hooks = [str(ROOT / "tests" / "callback_run.py"), *callbacks] if callbacks else []
   argv = [sys.executable, *hooks, "-m", "svfap_jax", command, "--config", mode_config,
           "--workdir", str(workdir), f"--config.data.dir={data}", "--config.model.name=svfap_micro",
-          "--config.data.img_size=64", "--config.data.num_frames=16", "--config.log_every_steps=1",
+          "--config.data.img_size=64", "--config.log_every_steps=1",
           "--config.recon_image_every_steps=0", *overrides]
   proc = subprocess.run(argv, cwd=ROOT, env=subprocess_env(devices, **(env_extra or {})),
                         capture_output=True, text=True, timeout=600)

@@ -143,7 +143,7 @@ MODELS: dict[str, ModelSpec] = {
                              decoder_depth=1, decoder_num_heads=1),
     "vit_tiny": ModelSpec("vit", 64, 4, (3,), img_size=64, decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
-    # The `make demo` model (configs/demo.py; PRETRAINING.md has the measurements behind it):
+    # The `make demo` model (configs/demo_mae.py; PRETRAINING.md has the measurements behind it):
     # svfap_tiny's encoder with 8 px patches, so a 64 px frame has 8 x 8 tokens and tube masking
     # leaves several visible per frame; a per-axis position table in the decoder, with which a
     # small decoder can place what it predicts (with the 1-D table the MAE reproduces none of the
