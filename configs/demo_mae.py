@@ -9,7 +9,7 @@
 Hardware: a 2-core CPU; the whole demo (data, pretraining with probes, four fine-tunings: from the
 MAE checkpoint and from scratch, with all and with 10 % of the labels) is sized for 15 minutes.
 There is no paper number for synthetic faces. Expected from `python -m svfap_jax demo` (aligned
-faces, 150 clips per class, seed 0; 784 train / 266 test clips, ~15 min on the 2-core VM), test
+faces, 150 clips per class, seed 0; 784 train / 266 test clips, 13.4 min on the idle 2-core VM), test
 UAR: frozen-encoder linear probe 72.9 % after pretraining against 56.0 % at random init;
 fine-tuned 300 steps from the MAE checkpoint / from scratch, all labels 78.6 / 72.6 %, 10 % of
 them 52.3 / 69.5 % (README "Demo"; PRETRAINING.md, "Position tables").
