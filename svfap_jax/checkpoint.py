@@ -201,6 +201,11 @@ def load_initial_params(path: str, template, *, pretrain: bool):
     state_dict = files.load_state_dict(path)
   else:
     params, _ = restore_params(path)
+    if "head_norm" not in template:
+      # A linear-probe run's head reads standardised features; a target without the
+      # standardisation gets the same head folded onto the raw ones.
+      from svfap_jax.models import classifier  # pylint: disable=g-import-not-at-top
+      params = classifier.fold_feature_standardization(params)
     state_dict = mapping.to_torch_state_dict(params, pretrain="decoder" in params)
   matched, report = load.match_state_dict(state_dict, template, pretrain=pretrain, source=path)
   full = mapping.to_torch_state_dict(template, pretrain=pretrain)

@@ -397,3 +397,27 @@ def test_linear_probe_finetune_run_trains_only_the_head(dataset, tmp_path):
   assert np.abs(start["head"]["kernel"] - trained["head"]["kernel"]).max() > 0
   # evaluate/predict rebuild the run's module with the standardisation.
   assert loop.build_module(config, first.spec, 7, False).linear_probe
+
+  # The standardisation folds into the head: the exported file loads strictly into the PyTorch
+  # twin (which has no such layer) and `init_from` into a plain classifier, with the same logits.
+  import torch  # pylint: disable=g-import-not-at-top
+  from svfap_jax.interop import files, torch_twin  # pylint: disable=g-import-not-at-top
+  from svfap_jax.train import export  # pylint: disable=g-import-not-at-top
+  video = np.asarray(jax.random.uniform(jax.random.key(3), (2, 16, 64, 64, 3)))
+  want = np.asarray(loop.build_module(config, first.spec, 7, False).apply({"params": trained},
+                                                                          video))
+  out = tmp_path / "lp.pth"
+  assert export.export_main(["--workdir", str(tmp_path / "run"), "--out", str(out)]) == 0
+  state = files.load_state_dict(str(out))
+  assert not any(k.startswith("head_norm") for k in state)
+  twin = torch_twin.build_torch_model(first.spec, num_classes=7).eval()
+  twin.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+  with torch.no_grad():
+    got = twin(torch.from_numpy(video).permute(0, 4, 1, 2, 3)).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  plain = api.build_module(first.spec, num_classes=7)
+  template = jax.device_get(jax.jit(
+      lambda k: api.init_params(plain, first.spec, k, False)[0])(jax.random.key(1)))
+  loaded, _ = checkpoint.load_initial_params(str(tmp_path / "run"), template, pretrain=False)
+  np.testing.assert_allclose(plain.apply({"params": loaded}, video), want, rtol=1e-5,
+                             atol=1e-5 * np.abs(want).max())

@@ -71,6 +71,33 @@ class FeatureStandardization(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.eps)
 
 
+def fold_feature_standardization(params: dict, eps: float = LINEAR_PROBE_EPS) -> dict:
+  """A classifier tree with `head_norm` folded into `head`: same logits, the original's layout.
+
+  With s = sqrt(var + eps): head(z) = ((x - mean) / s) W + b = x (W / s) + (b - (mean / s) W),
+  so kernel' = W / s (per input channel) and bias' = b - (mean / s) W, computed in float64.
+  The PyTorch classifier has no standardisation layer; `export` and `init_from` into a model
+  without one use this. A tree without `head_norm` is returned unchanged.
+
+  Args:
+    params: classifier parameters (host or device arrays); `head/kernel` (C, K), `head/bias`
+      (K,), `head_norm/{mean,var}` (C,).
+    eps: the standardisation's epsilon (the module's).
+
+  Returns:
+    A new dict without `head_norm` (other entries shared with `params`), float32 head.
+  """
+  if "head_norm" not in params:
+    return params
+  mean = np.asarray(params["head_norm"]["mean"], np.float64)
+  scale = np.sqrt(np.asarray(params["head_norm"]["var"], np.float64) + eps)
+  kernel = np.asarray(params["head"]["kernel"], np.float64) / scale[:, None]
+  bias = np.asarray(params["head"]["bias"], np.float64) - mean @ kernel
+  out = {k: v for k, v in params.items() if k != "head_norm"}
+  out["head"] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
+  return out
+
+
 class VideoClassifier(nn.Module):
   """Classifier / regressor on a video encoder.
 

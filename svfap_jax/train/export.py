@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 
 from svfap_jax import api, checkpoint
 from svfap_jax.interop import files, mapping
-from svfap_jax.models import registry
+from svfap_jax.models import classifier, registry
 
 
 def export_main(argv) -> int:
@@ -39,7 +39,10 @@ def export_main(argv) -> int:
             + (" (a fine-tuned model carries no decoder)." if field.startswith("decoder") else "."),
             file=sys.stderr)
       return 2
-  state_dict = mapping.to_torch_state_dict(params, pretrain=pretrain)
+  # The original classifier has no standardisation layer: a linear-probe head is folded into a
+  # plain head with the same logits.
+  state_dict = mapping.to_torch_state_dict(
+      params if pretrain else classifier.fold_feature_standardization(params), pretrain=pretrain)
   files.save_state_dict(state_dict, args.out)
   print(f"wrote {len(state_dict)} tensors ({'pretraining' if pretrain else 'classifier'} model "
         f"{meta.get('model', '?')}, step {meta.get('step', '?')}) to {args.out}")
