@@ -117,10 +117,14 @@ def base(mode: str) -> ml_collections.ConfigDict:
   # optimizer state. 'linear_probe': frozen encoder, features standardised by statistics of the
   # training split, only the head trains; 'last_blocks': the top `trainable_last_blocks` encoder
   # blocks and everything above them; 'regex': PyTorch names matching `trainable_regex`.
+  # head_init 'linear_probe' (LP-FT): the head starts at a logistic-regression fit on the
+  # starting encoder's features of the training split instead of at random (svfap_jax/probe.py,
+  # `init_head_state`).
   c.finetune = ml_collections.ConfigDict(dict(
       mode="full",               # full | linear_probe | last_blocks | regex
       trainable_last_blocks=0,
       trainable_regex="",
+      head_init="random",        # random | linear_probe
   ))
 
   # Representation probe during the run (svfap_jax/probe.py): k-NN (cosine) and logistic

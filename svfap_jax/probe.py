@@ -579,91 +579,173 @@ def probe_encoder(encoder: Encoder, dataset_dir: str, *, train_split: str = "tra
 
 
 # ------------------------------------------------------------------------------------------------
-# Linear-probe fine-tuning: the fixed feature statistics.
+# Fine-tuning heads set from the training features: statistics, LP-FT.
 # ------------------------------------------------------------------------------------------------
 
+# `finetune.head_init`: 'random' (the head's own initialiser) or 'linear_probe' (LP-FT).
+HEAD_INITS = ("random", "linear_probe")
+# Bias of a class the training split lacks, below the smallest fitted bias: its logit stays
+# e^-8 (~3e-4) times the odds of the least likely fitted class at equal scores.
+_ABSENT_CLASS_MARGIN = 8.0
 
-def feature_statistics(module, params, dataset_dir: str, split: str, *, mesh, batch_size: int,
-                       num_frames: int, sampling_rate: int, img_size: int,
-                       eval_resize: Optional[int] = None,
-                       worker_count: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-  """Per-channel mean and (biased) variance of the embeddings of a split's labelled clips.
 
-  One centre view per clip (the evaluation pipeline's), through `module`'s `return_features`
-  output with `params` (the encoder that will be frozen). Every process must call it.
+def head_init_of(config) -> str:
+  """`config.finetune.head_init` ('random' when absent)."""
+  ft = config.get("finetune") if hasattr(config, "get") else None
+  return str((ft.get("head_init") if ft is not None else None) or "random")
+
+
+def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
+                    mean: np.ndarray, var: np.ndarray,
+                    eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray, bool]:
+  """A softmax head fitted by logistic regression on standardised features (the linear probe).
+
+  The same classifier as `linear_predict` (lbfgs, L2 with C = LINEAR_C) on z = (x - mean) /
+  sqrt(var + eps), written as a head: logits = z @ kernel + bias. A two-class fit (one weight
+  vector w, b) becomes the softmax pair (-w/2, -b/2), (w/2, b/2), which gives the same
+  probabilities; classes absent from `labels` get a zero kernel column and a bias
+  `_ABSENT_CLASS_MARGIN` below the smallest fitted one.
+
+  Args:
+    features: float (N, C) training embeddings; labels: int (N,) in [0, num_classes).
+    num_classes: K, the head's outputs.
+    mean, var: (C,) standardisation statistics.
+    eps: the standardisation's epsilon.
 
   Returns:
-    (mean float32 (C,), var float32 (C,), number of clips).
+    (kernel float32 (C, K), bias float32 (K,), whether lbfgs converged).
+
+  Raises:
+    ProbeError: no labelled clips, or labels outside [0, num_classes).
   """
-  emb = Embedder(module, mesh).embed(
-      params, dataset_dir, split, batch_size=batch_size, num_frames=num_frames,
-      sampling_rate=sampling_rate, img_size=img_size, eval_resize=eval_resize, num_segments=1,
-      worker_count=worker_count)
-  if len(emb.features) == 0:
-    raise ProbeError(f"split {split!r} of {dataset_dir} has no labelled clips to take the "
-                     "linear probe's feature statistics from")
-  feats = emb.features.astype(np.float64)
-  return (feats.mean(axis=0).astype(np.float32), feats.var(axis=0).astype(np.float32),
-          len(feats))
+  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  labels = np.asarray(labels, np.int64)
+  if len(labels) == 0:
+    raise ProbeError("the linear-probe head needs labelled training clips")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ProbeError(f"training labels span [{labels.min()}, {labels.max()}], outside the "
+                     f"head's {num_classes} classes")
+  z = (np.asarray(features, np.float64) - mean) / np.sqrt(np.asarray(var, np.float64) + eps)
+  kernel = np.zeros((z.shape[1], num_classes))
+  bias = np.zeros(num_classes)
+  classes = np.unique(labels)
+  converged = True
+  if len(classes) > 1:
+    model = LogisticRegression(C=LINEAR_C, max_iter=LINEAR_MAX_ITER)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always", ConvergenceWarning)
+      model.fit(z, labels)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    coef, intercept = model.coef_, model.intercept_
+    if len(classes) == 2:
+      coef, intercept = np.concatenate([-coef, coef]) / 2, np.array([-1.0, 1.0]) * intercept / 2
+    kernel[:, classes], bias[classes] = coef.T, intercept
+  absent = np.setdiff1d(np.arange(num_classes), classes)
+  bias[absent] = bias[classes].min() - _ABSENT_CLASS_MARGIN
+  return kernel.astype(np.float32), bias.astype(np.float32), converged
+
+
+def _like(old, new):
+  """`new` as a float32 array laid out like `old` (sharded like it when `old` is a jax.Array)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  new = np.asarray(new, np.float32).reshape(np.shape(old))
+  return jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
+
+
+def head_config_errors(config) -> list[str]:
+  """Problems of `finetune.head_init` for this run, one message each (none when 'random')."""
+  head_init = head_init_of(config)
+  if head_init == "random":
+    return []
+  if head_init not in HEAD_INITS:
+    return [f"finetune.head_init={head_init!r} must be one of {HEAD_INITS}"]
+  errors = []
+  if config.mode != "finetune" or config.task != "classification":
+    errors.append("finetune.head_init='linear_probe' fits a softmax head: it needs a "
+                  f"classification fine-tuning run (mode={config.mode!r}, task={config.task!r}); "
+                  "use 'random'")
+  elif config.model.keep_temporal_dim:
+    errors.append("finetune.head_init='linear_probe' fits a head on clip embeddings; with "
+                  "model.keep_temporal_dim=True use 'random'")
+  return errors
 
 
 def with_feature_statistics(params, mean: np.ndarray, var: np.ndarray):
   """`params` with `head_norm/{mean,var}` replaced (each laid out like the array it replaces)."""
-  import jax  # pylint: disable=g-import-not-at-top
   if "head_norm" not in params:
     raise ValueError("the parameters have no head_norm: build the classifier with "
                      "linear_probe=True")
-
-  def like(old, new):
-    new = np.asarray(new, np.float32).reshape(np.shape(old))
-    return jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else new
-
   out = dict(params)
-  out["head_norm"] = {"mean": like(params["head_norm"]["mean"], mean),
-                      "var": like(params["head_norm"]["var"], var)}
+  out["head_norm"] = {"mean": _like(params["head_norm"]["mean"], mean),
+                      "var": _like(params["head_norm"]["var"], var)}
   return out
 
 
-def set_linear_probe_statistics(config, module, params, dataset_dir: str, mesh):
-  """For a linear-probe run (`module.linear_probe`): the initial parameters with the feature
-  standardisation set from the training split; any other run's parameters unchanged.
+def init_head_state(state, config, module, dataset_dir: str, mesh):
+  """A fresh train state whose head is set from the training split's embeddings, where asked.
 
-  Call once before training starts (not on resume: the statistics are saved with the
-  parameters). Reads data.{train_split, num_frames, sampling_rate, img_size, eval_resize,
-  eval_batch_size, worker_count} and batch_size.
+  Two settings read the frozen starting encoder's pooled features of `data.train_split` (one
+  centre view per clip, the evaluation pipeline's) before the first step:
+  - a standardised head (`module.linear_probe`, e.g. finetune.mode='linear_probe'): the
+    per-channel mean and (biased) variance go into `head_norm/{mean,var}`, which stay fixed;
+  - finetune.head_init='linear_probe' (LP-FT; Kumar et al., "Fine-Tuning can Distort Pretrained
+    Features and Underperform Out-of-Distribution", ICLR 2022): the head starts at the
+    logistic-regression fit of `fit_linear_head` instead of at random, so the first updates of a
+    full fine-tuning follow a head that already reads the pretrained features rather than the
+    gradient of a random one. Without a standardised head the fit is folded onto the raw features
+    (`classifier.fold_feature_standardization`): the starting logits are the fit's either way.
+  Other runs get `state` back unchanged. Also sets the EMA copy (evaluation reads it; an average
+  would only creep towards the values). The optimizer state is unaffected (statistics are frozen;
+  Adam moments of a head start at zero either way). Call once before the first step, not when
+  resuming (the checkpoint holds the values); every process must call it.
+
+  Reads data.{train_split, num_frames, sampling_rate, img_size, eval_resize, eval_batch_size,
+  worker_count}, batch_size, finetune.head_init.
+
+  Raises:
+    ProbeError: the split has no labelled clips.
   """
-  if not getattr(module, "linear_probe", False):
-    return params
+  from svfap_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  standardize = bool(getattr(module, "linear_probe", False))
+  fit = head_init_of(config) == "linear_probe"
+  if not (standardize or fit):
+    return state
   d = config.data
   start = time.time()
-  mean, var, n = feature_statistics(
-      module, params, dataset_dir, d.train_split, mesh=mesh,
-      batch_size=d.eval_batch_size or config.batch_size, num_frames=d.num_frames,
-      sampling_rate=d.sampling_rate, img_size=d.img_size, eval_resize=d.eval_resize or None,
-      worker_count=d.worker_count)
-  log.info("linear probe: feature statistics of %d %s clips (%.0f s)", n, d.train_split,
-           time.time() - start)
-  return with_feature_statistics(params, mean, var)
-
-
-def init_linear_probe_state(state, config, module, dataset_dir: str, mesh):
-  """A fresh train state with the linear probe's feature statistics set (a no-op for other runs).
-
-  Sets them in `state.params` and in `state.ema_params` when the run keeps an EMA (evaluation
-  reads the EMA copy, and an average would only creep towards the statistics). The optimizer
-  state is unaffected: the statistics are frozen and have none. Call it once, after the state is
-  created and before the first step, and not when resuming (the checkpoint holds them). Every
-  process must call it.
-  """
-  if not getattr(module, "linear_probe", False):
-    return state
-  params = set_linear_probe_statistics(config, module, state.params, dataset_dir, mesh)
+  emb = Embedder(module, mesh).embed(
+      state.params, dataset_dir, d.train_split, batch_size=d.eval_batch_size or config.batch_size,
+      num_frames=d.num_frames, sampling_rate=d.sampling_rate, img_size=d.img_size,
+      eval_resize=d.eval_resize or None, num_segments=1, worker_count=d.worker_count)
+  if len(emb.features) == 0:
+    raise ProbeError(f"split {d.train_split!r} of {dataset_dir} has no labelled clips to set the "
+                     "head from")
+  feats = emb.features.astype(np.float64)
+  mean, var = feats.mean(axis=0), feats.var(axis=0)
+  params = dict(state.params)
+  if standardize:
+    params = with_feature_statistics(params, mean, var)
+  if fit:
+    kernel, bias, converged = fit_linear_head(feats, emb.labels, int(module.num_classes),
+                                              mean=mean, var=var)
+    head = {"head": {"kernel": kernel, "bias": bias}}
+    if not standardize:
+      head = classifier.fold_feature_standardization(
+          {**head, "head_norm": {"mean": mean, "var": var}})
+    params["head"] = {k: _like(params["head"][k], v) for k, v in head["head"].items()}
+    if not converged:
+      log.warning("linear-probe head: the logistic regression did not converge in %d iterations",
+                  LINEAR_MAX_ITER)
+  log.info("head from %d %s clips%s%s (%.0f s)", len(feats), d.train_split,
+           ": feature statistics" if standardize else "",
+           ", linear-probe fit (LP-FT)" if fit else "", time.time() - start)
   ema = state.ema_params
   if ema is not None:
     import jax  # pylint: disable=g-import-not-at-top
     ema = dict(ema)
     # Own buffers: the train step donates the state, and one buffer cannot be donated twice.
-    ema["head_norm"] = jax.tree_util.tree_map(lambda x: x.copy(), params["head_norm"])
+    for name in ["head_norm"] * standardize + ["head"] * fit:
+      ema[name] = jax.tree_util.tree_map(lambda x: x.copy(), params[name])
   return state.replace(params=params, ema_params=ema)
 
 

@@ -315,7 +315,7 @@ def test_linear_probe_head_reads_standardised_features(dataset):
   config.batch_size = 8
   config.finetune.mode = "linear_probe"
   tx, _ = optim.make_optimizer(config, params, pretrain=False, total_steps=10)
-  state = probe.init_linear_probe_state(TrainState.create(params, tx, 0, ema=True), config,
+  state = probe.init_head_state(TrainState.create(params, tx, 0, ema=True), config,
                                         module, data, mesh)
   params = jax.device_get(state.params)
   # The EMA copy (what evaluation reads) holds the same statistics, in buffers of its own.
@@ -324,7 +324,7 @@ def test_linear_probe_head_reads_standardised_features(dataset):
     assert state.ema_params["head_norm"][name] is not state.params["head_norm"][name]
   # Other runs are left alone.
   plain_state = TrainState.create(params, tx, 0)
-  assert probe.init_linear_probe_state(plain_state, config, module.clone(linear_probe=False),
+  assert probe.init_head_state(plain_state, config, module.clone(linear_probe=False),
                                        data, mesh) is plain_state
 
   feats = probe.Embedder(module, mesh).embed(params, data, "train", batch_size=8, num_frames=4,
@@ -421,3 +421,91 @@ def test_linear_probe_finetune_run_trains_only_the_head(dataset, tmp_path):
   loaded, _ = checkpoint.load_initial_params(str(tmp_path / "run"), template, pretrain=False)
   np.testing.assert_allclose(plain.apply({"params": loaded}, video), want, rtol=1e-5,
                              atol=1e-5 * np.abs(want).max())
+
+
+# ------------------------------------------------------------------ LP-FT: a fitted starting head
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("num_fitted", [4, 2])
+def test_fitted_head_gives_the_logistic_regression_probabilities(num_fitted):
+  """The head's softmax equals sklearn's StandardScaler + LogisticRegression predict_proba, for a
+  multinomial and a two-class fit; classes the training labels lack get (almost) no mass."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  rng = np.random.default_rng(4)
+  centres = rng.standard_normal((num_fitted, 12)) * 1.5
+  x, y = _blobs(rng, 120, 12, centres)
+  x = x * rng.uniform(0.1, 20.0, 12) + rng.uniform(-5, 5, 12)   # unstandardised channels
+  y = np.where(y == 1, 4, y)             # class 1 of the 5-way head is never seen
+  kernel, bias, converged = probe.fit_linear_head(x, y, 5, mean=x.mean(0), var=x.var(0))
+  assert converged and kernel.shape == (12, 5) and bias.shape == (5,)
+  ref = make_pipeline(StandardScaler(), LogisticRegression(C=probe.LINEAR_C, max_iter=5000))
+  ref.fit(x, y)
+  test = x[:40] + rng.standard_normal((40, 12))
+  z = (test - x.mean(0)) / np.sqrt(x.var(0) + 1e-6)
+  got = _softmax(z @ kernel.astype(np.float64) + bias)
+  fitted = got[:, ref.classes_] / got[:, ref.classes_].sum(axis=1, keepdims=True)
+  np.testing.assert_allclose(fitted, ref.predict_proba(test), atol=1e-4)
+  assert got[:, 1].max() < 1e-3 and np.all(kernel[:, 1] == 0)
+  with pytest.raises(probe.ProbeError, match="outside the head's 3 classes"):
+    probe.fit_linear_head(x, y, 3, mean=x.mean(0), var=x.var(0))
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_lp_ft_head_starts_at_the_linear_probe_fit(dataset, standardized):
+  """init_head_state with finetune.head_init='linear_probe': the run's logits on the training
+  clips are those of a logistic regression fitted on the same embeddings, with or without the
+  standardisation layer (folded onto raw features without it); the encoder is untouched."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.pipeline import make_pipeline
+  from sklearn.preprocessing import StandardScaler
+  data, _ = dataset
+  spec = get_spec(MODEL, **SIZE)
+  module = api.build_module(spec, num_classes=7).clone(linear_probe=standardized)
+  params = jax.device_get(jax.jit(
+      lambda k: api.init_params(module, spec, k, False)[0])(jax.random.key(0)))
+  mesh = sharding.create_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  config = ml_collections.ConfigDict(common.base("finetune").to_dict())
+  config.data.update(dir=data, img_size=32, num_frames=4, sampling_rate=2)
+  config.batch_size = 8
+  config.finetune.head_init = "linear_probe"
+  assert probe.head_config_errors(config) == []
+  tx, _ = optim.make_optimizer(config, params, pretrain=False, total_steps=10)
+  state = probe.init_head_state(TrainState.create(params, tx, 0, ema=True), config, module, data,
+                                mesh)
+  new = jax.device_get(state.params)
+  np.testing.assert_array_equal(jax.device_get(state.ema_params)["head"]["kernel"],
+                                new["head"]["kernel"])
+  for a, b in zip(jax.tree_util.tree_leaves(params["encoder"]),
+                  jax.tree_util.tree_leaves(new["encoder"])):
+    np.testing.assert_array_equal(a, b)
+  emb = probe.Embedder(module, mesh).embed(new, data, "train", batch_size=8, num_frames=4,
+                                           sampling_rate=2, img_size=32)
+  ref = make_pipeline(StandardScaler(), LogisticRegression(C=probe.LINEAR_C, max_iter=5000))
+  ref.fit(emb.features.astype(np.float64), emb.labels)
+  # The head as VideoClassifier applies it (the standardisation is checked against the module
+  # in test_linear_probe_head_reads_standardised_features).
+  feats = emb.features.astype(np.float64)
+  if standardized:
+    feats = (feats - new["head_norm"]["mean"]) / np.sqrt(new["head_norm"]["var"] + 1e-6)
+  logits = feats @ new["head"]["kernel"] + new["head"]["bias"]
+  np.testing.assert_allclose(_softmax(logits)[:, ref.classes_],
+                             ref.predict_proba(emb.features.astype(np.float64)), atol=2e-3)
+
+
+def test_head_init_config_errors():
+  config = ml_collections.ConfigDict(common.base("finetune").to_dict())
+  config.finetune.head_init = "pretrained"
+  assert "must be one of ('random', 'linear_probe')" in probe.head_config_errors(config)[0]
+  config.finetune.head_init = "linear_probe"
+  config.task = "regression"
+  assert "needs a classification fine-tuning run" in probe.head_config_errors(config)[0]
+  config.task = "classification"
+  config.model.keep_temporal_dim = True
+  assert "keep_temporal_dim" in probe.head_config_errors(config)[0]

@@ -56,7 +56,7 @@ class FeatureStandardization(nn.Module):
 
   `mean` and `var` (C,) are stored as parameters so that checkpoints, restores and sharding carry
   them like any other weight, but they are statistics, not weights: they are set once from the
-  training features (`svfap_jax.probe.feature_statistics`) and the optimizer never updates them
+  training features (`svfap_jax.probe.init_head_state`) and the optimizer never updates them
   (`optim.trainable_mask` freezes them in every mode). Initialised to 0 and 1 (the identity).
   """
   eps: float = 1e-6

@@ -148,6 +148,7 @@ def validate(config, *, mode: str) -> dict:
     need(epath.Path(config.init_from).exists(), f"init_from={config.init_from!r} does not exist")
   errors += optim.finetune_config_errors(config)
   errors += probe_lib.config_errors(config)
+  errors += probe_lib.head_config_errors(config)
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
   return info

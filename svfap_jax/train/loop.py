@@ -229,9 +229,9 @@ class Trainer:
     self.module = build_module(config, self.spec, self.num_outputs, self.pretrain)
     self.writer = RunWriter(workdir)
     self._build_state()
-    if self.checkpointer.latest_step() is None:  # a resumed run restores the statistics
-      self.state = probe_lib.init_linear_probe_state(self.state, config, self.module,
-                                                     self.dataset_dir, self.mesh)
+    if self.checkpointer.latest_step() is None:  # a resumed run restores the head it set
+      self.state = probe_lib.init_head_state(self.state, config, self.module, self.dataset_dir,
+                                             self.mesh)
     self.preemption = _Preemption(self.checkpointer)
     self._build_steps()
     # None unless config.probe.data.dir names a labelled dataset.
