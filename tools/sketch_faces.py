@@ -14,7 +14,7 @@ pretraining improved on one generator's faces should also probe above its random
 Layout: OUT/raw/frames/<id>/<t>.jpg (112 px, 40 frames: neutral, then the expression rising to
 its apex), OUT/raw/{train,test}.csv ('<frame folder> <label 0..3>', 30 train and 10 test clips per
 class by default), OUT/prepared (the `prepare` output, classes named as above).
-Hardware: any CPU; 160 clips take ~30 s to draw and prepare on 2 cores.
+Hardware: any CPU; 160 clips take ~45 s to draw and prepare on 2 cores.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _person(rng: np.random.Generator, size: int) -> dict:
       cx=s * rng.uniform(0.46, 0.54), cy=s * rng.uniform(0.5, 0.56), r=s * rng.uniform(0.33, 0.4),
       aspect=rng.uniform(1.05, 1.3), skin=tuple(int(v) for v in skin),
       background=tuple(int(v) for v in rng.uniform(0, 255, 3)),
-      ink=tuple(int(v) for v in rng.uniform(0, 70, 3)), width=int(rng.integers(2, 6)),
+      ink=tuple(int(v) for v in rng.uniform(0, 70, 3)), width=int(rng.integers(5, 9)),
       eye_dx=rng.uniform(0.3, 0.42), eye_y=rng.uniform(-0.22, -0.1), eye_h=rng.uniform(0.06, 0.1),
       mouth_y=rng.uniform(0.38, 0.5), mouth_w=rng.uniform(0.28, 0.42),
       hair=(tuple(int(v) for v in rng.uniform(0, 160, 3)) if rng.random() < 0.7 else None),
