@@ -99,3 +99,17 @@ def test_export_takes_a_fine_tuned_demo_model(monkeypatch, tmp_path):
   assert export.export_main(["--workdir", str(tmp_path), "--out", str(out)]) == 0
   state = files.load_state_dict(str(out))
   assert state["head.weight"].shape == (7, 64) and not any(k.startswith("decoder") for k in state)
+
+
+def test_import_refuses_a_target_table_the_original_lacks(tmp_path, capsys):
+  """PyTorch checkpoints carry the 1-D table's training; a per-axis decoder would misplace them.
+  The check comes before the file is read (the path here does not exist)."""
+  argv = ["--torch", str(tmp_path / "absent.pth"), "--workdir", str(tmp_path / "w"),
+          "--model", "svfap_demo", "--pretrain"]
+  assert export.import_main(argv) == 2
+  err = capsys.readouterr().err
+  assert "decoder_pos_embed='sincos_3d'" in err
+  assert "without --pretrain" in err and not (tmp_path / "w").exists()
+  # The classifier of the same spec keeps the original table and gets past the check.
+  with pytest.raises(FileNotFoundError):
+    export.import_main(argv[:-1])

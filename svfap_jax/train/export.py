@@ -14,6 +14,17 @@ from svfap_jax.interop import files, mapping
 from svfap_jax.models import classifier, registry
 
 
+def _non_original_tables(spec, pretrain: bool) -> list[tuple[str, str]]:
+  """(spec field, table) of each fixed position table of `spec` that the original code lacks
+  (it only has 'sincos_1d'); weights moved between the two would compute something else."""
+  if spec is None:
+    return []
+  tables = {"pos_embed": spec.pos_embed}
+  if pretrain:
+    tables["decoder_pos_embed"] = spec.decoder_table
+  return [(field, table) for field, table in tables.items() if table != "sincos_1d"]
+
+
 def export_main(argv) -> int:
   parser = argparse.ArgumentParser(
       prog="svfap export", description="Writes a run's parameters as a PyTorch state_dict with "
@@ -28,17 +39,13 @@ def export_main(argv) -> int:
   params, meta = checkpoint.restore_params(path)
   spec = registry.MODELS.get(meta.get("model", ""))
   pretrain = "decoder" in params
-  tables = {"pos_embed": spec.pos_embed} if spec is not None else {}
-  if spec is not None and pretrain:
-    tables["decoder_pos_embed"] = spec.decoder_table
-  for field, table in tables.items():
-    if table != "sincos_1d":
-      print(f"export: model {meta['model']} uses the position table {field}={table!r}; the "
-            "original SVFAP code only has 'sincos_1d', so its weights would load there and "
-            f"compute something else. Export a model whose spec keeps {field}='sincos_1d'"
-            + (" (a fine-tuned model carries no decoder)." if field.startswith("decoder") else "."),
-            file=sys.stderr)
-      return 2
+  for field, table in _non_original_tables(spec, pretrain):
+    print(f"export: model {meta['model']} uses the position table {field}={table!r}; the "
+          "original SVFAP code only has 'sincos_1d', so its weights would load there and "
+          f"compute something else. Export a model whose spec keeps {field}='sincos_1d'"
+          + (" (a fine-tuned model carries no decoder)." if field.startswith("decoder") else "."),
+          file=sys.stderr)
+    return 2
   # The original classifier has no standardisation layer: a linear-probe head is folded into a
   # plain head with the same logits.
   state_dict = mapping.to_torch_state_dict(
@@ -61,6 +68,13 @@ def import_main(argv) -> int:
   parser.add_argument("--quirks", action="store_true",
                       help="pretraining model with original_pretrain_quirks=True")
   args = parser.parse_args(argv)
+  for field, table in _non_original_tables(registry.MODELS.get(args.model), args.pretrain):
+    print(f"import: model {args.model} uses the position table {field}={table!r}; PyTorch SVFAP "
+          "checkpoints were trained with 'sincos_1d', so their weights would compute something "
+          f"else there. Import into a model whose spec keeps {field}='sincos_1d'"
+          + (" (or without --pretrain: a classifier carries no decoder)."
+             if field.startswith("decoder") else "."), file=sys.stderr)
+    return 2
   model = api.import_torch(args.torch, args.model, num_classes=args.num_classes,
                            pretrain=args.pretrain, original_pretrain_quirks=args.quirks)
   meta = {"model": args.model, "mode": "pretrain" if args.pretrain else "finetune", "step": 0,
