@@ -112,21 +112,30 @@ def linear_predict(train_x: np.ndarray, train_y: np.ndarray,
     (int (M,) predicted classes, whether lbfgs converged). With a single training class every
     clip gets that class (there is nothing to fit).
   """
-  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
   from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
   train_y = np.asarray(train_y)
   classes = np.unique(train_y)
   if len(classes) < 2:
     return np.full(len(test_x), classes[0] if len(classes) else 0, train_y.dtype), True
-  model = make_pipeline(StandardScaler(),
-                        LogisticRegression(C=LINEAR_C, max_iter=LINEAR_MAX_ITER))
+  model = make_pipeline(StandardScaler(), _logistic_regression())
+  converged = _fit_converged(model, np.asarray(train_x, np.float64), train_y)
+  return model.predict(np.asarray(test_x, np.float64)), converged
+
+
+def _logistic_regression():
+  """The linear probe's classifier: lbfgs, L2 with C = LINEAR_C, up to LINEAR_MAX_ITER steps."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+  return LogisticRegression(C=LINEAR_C, max_iter=LINEAR_MAX_ITER)
+
+
+def _fit_converged(model, x: np.ndarray, y: np.ndarray) -> bool:
+  """Fits `model` on (x, y); returns whether it converged (no ConvergenceWarning raised)."""
+  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", ConvergenceWarning)
-    model.fit(np.asarray(train_x, np.float64), train_y)
-  converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-  return model.predict(np.asarray(test_x, np.float64)), converged
+    model.fit(x, y)
+  return not any(issubclass(w.category, ConvergenceWarning) for w in caught)
 
 
 def probe_features(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -618,8 +627,6 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int, 
   Raises:
     ProbeError: no labelled clips, or labels outside [0, num_classes).
   """
-  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top
-  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
   labels = np.asarray(labels, np.int64)
   if len(labels) == 0:
     raise ProbeError("the linear-probe head needs labelled training clips")
@@ -632,11 +639,8 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int, 
   classes = np.unique(labels)
   converged = True
   if len(classes) > 1:
-    model = LogisticRegression(C=LINEAR_C, max_iter=LINEAR_MAX_ITER)
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always", ConvergenceWarning)
-      model.fit(z, labels)
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    model = _logistic_regression()
+    converged = _fit_converged(model, z, labels)
     coef, intercept = model.coef_, model.intercept_
     if len(classes) == 2:
       coef, intercept = np.concatenate([-coef, coef]) / 2, np.array([-1.0, 1.0]) * intercept / 2
@@ -727,7 +731,7 @@ def init_head_state(state, config, module, dataset_dir: str, mesh):
     params = with_feature_statistics(params, mean, var)
   if fit:
     kernel, bias, converged = fit_linear_head(feats, emb.labels, int(module.num_classes),
-                                              mean=mean, var=var)
+                                              mean=mean, var=var, eps=classifier.LINEAR_PROBE_EPS)
     head = {"head": {"kernel": kernel, "bias": bias}}
     if not standardize:
       head = classifier.fold_feature_standardization(
