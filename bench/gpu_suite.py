@@ -290,6 +290,8 @@ def profile_phase(args) -> dict[str, Any]:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from svfap_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.apply_process_settings()  # what `python -m svfap_jax` runs with
   os.makedirs(args.out, exist_ok=True)
   if args.compile_cache:
     import jax  # pylint: disable=g-import-not-at-top

@@ -50,6 +50,8 @@ def _carphone() -> str:
 
 
 def main(argv=None) -> int:
+  from svfap_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.apply_process_settings()  # what `python -m svfap_jax` runs with
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="svfap_base")

@@ -168,6 +168,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  from svfap_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.apply_process_settings()  # what `python -m svfap_jax` runs with
   work = args.work_dir or tempfile.mkdtemp(prefix="run_throughput_")
   rows = []
   for mode in args.cases:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import statistics
 import sys
 import time
@@ -41,6 +42,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 import machine  # pylint: disable=g-import-not-at-top
+from svfap_jax import cli  # pylint: disable=g-import-not-at-top
 
 CASES = {"finetune": False, "pretrain": True}
 
@@ -222,17 +224,25 @@ def twin_case(config, spec, params, batch: dict[str, np.ndarray], dtype: str = "
   return run
 
 
-def interleaved(fns: dict[str, Any], repeats: int, warmup: int = 2) -> dict[str, list[float]]:
-  """Wall seconds of each callable, alternating them call by call after `warmup` rounds."""
+def interleaved(fns: dict[str, Any], repeats: int, warmup: int = 2,
+                faults: Optional[dict[str, list[int]]] = None) -> dict[str, list[float]]:
+  """Wall seconds of each callable, alternating them call by call after `warmup` rounds.
+
+  When `faults` is a dict, it receives each call's minor page faults of the whole process
+  (getrusage), the kernel work of memory the allocator gave back and takes again.
+  """
   for _ in range(warmup):
     for fn in fns.values():
       fn()
   times = {k: [] for k in fns}
   for _ in range(repeats):
     for k, fn in fns.items():
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       t = time.perf_counter()
       fn()
       times[k].append(time.perf_counter() - t)
+      if faults is not None:
+        faults.setdefault(k, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
   return times
 
 
@@ -261,8 +271,11 @@ def measure_case(args, mode: str, batch: int) -> dict[str, Any]:
   if not args.skip_torch:
     fns["torch"] = twin_case(config, case["spec"], case["params"], case["batch"], args.dtype)
   load_before = uptime()
-  times = interleaved(fns, args.repeats, args.warmup)
+  faults: dict[str, list[int]] = {}
+  times = interleaved(fns, args.repeats, args.warmup, faults)
   row = {"case": mode, "model": args.model, "batch": batch, "dtype": args.dtype,
+         "process_settings": getattr(args, "process_settings", None),
+         **{f"{k}_minor_faults_per_step": int(statistics.median(v)) for k, v in faults.items()},
          "attention_impl": case["spec"].attention_impl, "step_gflops": case["flops"] / 1e9,
          "compile_s": case["compile_s"], "load_before": load_before, "load_after": uptime(),
          "jax_times_s": times["jax"], "jax_s": statistics.median(times["jax"])}
@@ -348,7 +361,11 @@ def main(argv=None) -> int:
   if args.compile_cache:
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  print(f"machine: {machine.describe()}; load average {uptime()}", flush=True)
+  # Both frameworks run under the settings the CLI applies (svfap_jax/host_allocator.py); set
+  # SVFAP_HOST_ALLOCATOR=default to time glibc's defaults instead.
+  args.process_settings = cli.apply_process_settings()
+  print(f"machine: {machine.describe()}; load average {uptime()}; {args.process_settings}",
+        flush=True)
   rows = []
   for mode in args.cases.split(","):
     batch = args.finetune_batch if mode == "finetune" else args.pretrain_batch

@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from svfap_jax import host_allocator
+
 # command -> (module, function taking argv, one-line help)
 COMMANDS = {
     "prepare": ("data_pipelines.build", "main", "videos / frame folders / CSV lists -> TFRecords"),
@@ -182,6 +184,16 @@ def _usage() -> str:
   return f"usage: python -m svfap_jax <command> [options]\n\ncommands:\n{rows}\n"
 
 
+def apply_process_settings() -> dict[str, bool]:
+  """Process-wide settings every command runs with; call before any JAX work.
+
+  Benchmarks call this too, so that they time what `python -m svfap_jax` runs. Returns what was
+  applied: {"host_allocator_retains_freed_memory": bool} (see svfap_jax/host_allocator.py: XLA:CPU
+  frees and reallocates its scratch memory every step).
+  """
+  return {"host_allocator_retains_freed_memory": host_allocator.retain_freed_memory()}
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help"):
@@ -192,5 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
   module_name, function, _ = COMMANDS[command]
+  apply_process_settings()
   result = getattr(importlib.import_module(module_name), function)(rest)
   return int(result or 0)
