@@ -78,3 +78,10 @@ def test_environment_opt_out_changes_nothing():
   assert not applied
   if not _huge_pages_always():
     assert faults > 60000, faults
+
+
+def test_unknown_environment_value_is_an_error():
+  proc = subprocess.run([sys.executable, "-c", _PROGRAM, "retain"], cwd=ROOT, capture_output=True,
+                        text=True, env={**os.environ, "SVFAP_HOST_ALLOCATOR": "off"})
+  assert proc.returncode != 0
+  assert "SVFAP_HOST_ALLOCATOR='off'" in proc.stderr and "'default'" in proc.stderr
