@@ -33,22 +33,26 @@ ENV = "SVFAP_HOST_ALLOCATOR"
 # mallopt(3) parameter numbers, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-# glibc's defaults (malloc.c: DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD), restored by `retain=False`.
-_DEFAULT_MMAP_MAX = 65536
-_DEFAULT_TRIM_THRESHOLD = 128 * 1024
 
 
-def retain_freed_memory(retain: bool = True) -> bool:
+def glibc() -> ctypes.CDLL | None:
+  """The process's C library when it is glibc (the only one with these mallopt settings), else None."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    libc = ctypes.CDLL(None)
+    libc.gnu_get_libc_version  # pylint: disable=pointless-statement; glibc only
+    return libc
+  except (OSError, AttributeError):
+    return None
+
+
+def retain_freed_memory() -> bool:
   """Makes glibc keep freed memory for reuse instead of returning it to the kernel.
 
-  Applies to allocations made after the call. `retain=False` sets glibc's default values of the
-  two parameters back (65536 mappings, 128 KiB trim threshold; glibc's adaptive mmap threshold
-  stays off once mallopt has set either, so blocks above 128 KiB are mapped afresh, the default's
-  worst case) and returns the free memory at the heap's top to the kernel (`malloc_trim`); the
-  tests use it to show the difference. Returns True when the settings were applied; False,
+  Applies to allocations made after the call. Returns True when the settings were applied; False,
   changing nothing, on a C library other than glibc (macOS, musl), when a different allocator
-  (jemalloc, tcmalloc, mimalloc) was preloaded, or, for `retain=True`, when
-  SVFAP_HOST_ALLOCATOR=default.
+  (jemalloc, tcmalloc, mimalloc) was preloaded, or when SVFAP_HOST_ALLOCATOR=default.
 
   Raises:
     ValueError: SVFAP_HOST_ALLOCATOR is set to something other than `default` or `retain`.
@@ -57,22 +61,15 @@ def retain_freed_memory(retain: bool = True) -> bool:
   if choice not in ("", "default", "retain"):
     raise ValueError(f"{ENV}={os.environ[ENV]!r}: use 'default' (glibc's own settings) or "
                      "'retain' (keep freed memory for reuse, the default when unset)")
-  if not sys.platform.startswith("linux") or (retain and choice == "default"):
+  if choice == "default":
     return False
   if any(name in os.environ.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
     return False
-  try:
-    libc = ctypes.CDLL(None)
-    libc.gnu_get_libc_version  # pylint: disable=pointless-statement; glibc only
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
+  libc = glibc()
+  if libc is None:
     return False
+  mallopt = libc.mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
-  if not retain:
-    ok = bool(mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD))
-    libc.malloc_trim(ctypes.c_size_t(0))
-    return ok
   # mallopt returns 1 on success. -1 for M_TRIM_THRESHOLD disables trimming (mallopt(3)).
   return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))

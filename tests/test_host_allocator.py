@@ -10,11 +10,13 @@ import sys
 
 import pytest
 
+from svfap_jax import host_allocator
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROGRAM = """
-import ctypes, resource, sys
+import ctypes, resource
 from svfap_jax import host_allocator
-applied = host_allocator.retain_freed_memory(sys.argv[1] == "retain")
+applied = host_allocator.retain_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = (ctypes.c_size_t,)
@@ -31,15 +33,6 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _is_glibc() -> bool:
-  import ctypes  # pylint: disable=g-import-not-at-top
-  try:
-    ctypes.CDLL(None).gnu_get_libc_version  # pylint: disable=expression-not-assigned
-    return True
-  except (OSError, AttributeError):
-    return False
-
-
 def _huge_pages_always() -> bool:
   try:
     with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
@@ -48,40 +41,33 @@ def _huge_pages_always() -> bool:
     return False
 
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not _is_glibc(),
+pytestmark = pytest.mark.skipif(host_allocator.glibc() is None,
                                 reason="mallopt settings exist on glibc only")
 
 
-def _second_touch(mode: str, **env) -> tuple[bool, int]:
-  out = subprocess.run([sys.executable, "-c", _PROGRAM, mode], cwd=ROOT, check=True,
+def _second_touch(**env) -> tuple[bool, int]:
+  out = subprocess.run([sys.executable, "-c", _PROGRAM], cwd=ROOT, check=True,
                        capture_output=True, text=True,
                        env={**os.environ, "LD_PRELOAD": "", **env}).stdout.split()
   return out[0] == "True", int(out[1])
 
 
 def test_retained_memory_is_reused_without_page_faults():
-  applied, faults = _second_touch("retain")
+  applied, faults = _second_touch()
   assert applied
   assert faults < 1000, faults  # 65,536 if the block were mapped afresh
 
 
-@pytest.mark.skipif(_huge_pages_always(), reason="with transparent huge pages always on, a fresh "
-                    "mapping faults once per 2 MiB and the default's count is small too")
-def test_default_thresholds_map_large_blocks_afresh():
-  applied, faults = _second_touch("default")
-  assert applied  # the defaults were put back
-  assert faults > 60000, faults
-
-
-def test_environment_opt_out_changes_nothing():
-  applied, faults = _second_touch("retain", SVFAP_HOST_ALLOCATOR="default")
+def test_environment_opt_out_keeps_glibc_defaults_which_map_large_blocks_afresh():
+  applied, faults = _second_touch(SVFAP_HOST_ALLOCATOR="default")
   assert not applied
+  # With transparent huge pages always on, a fresh mapping faults once per 2 MiB: few faults.
   if not _huge_pages_always():
     assert faults > 60000, faults
 
 
 def test_unknown_environment_value_is_an_error():
-  proc = subprocess.run([sys.executable, "-c", _PROGRAM, "retain"], cwd=ROOT, capture_output=True,
+  proc = subprocess.run([sys.executable, "-c", _PROGRAM], cwd=ROOT, capture_output=True,
                         text=True, env={**os.environ, "SVFAP_HOST_ALLOCATOR": "off"})
   assert proc.returncode != 0
   assert "SVFAP_HOST_ALLOCATOR='off'" in proc.stderr and "'default'" in proc.stderr
